@@ -54,10 +54,7 @@ def format_console(entry: LogEntry, *, color: bool = False) -> str:
     """
     f = entry.fields
     level = f["level"]
-    if color:
-        level = f"{_LEVEL_STYLE.get(level, '')}{level:<7}\x1b[0m"
-    else:
-        level = f"{level:<7}"
+    level = f"{_LEVEL_STYLE.get(level, '')}{level:<7}\x1b[0m" if color else f"{level:<7}"
     extras = " ".join(f"{k}={v}" for k, v in f.items() if k not in _CONSOLE_SKIP)
     line = f"{f['timestamp'][11:23]} {level} {f['logger']}: {f['message']}"
     if extras:

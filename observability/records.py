@@ -23,6 +23,7 @@ import threading
 import traceback
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from opentelemetry import trace
@@ -38,8 +39,9 @@ __all__ = [
     "mark_shipper_thread",
 ]
 
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
-    "observability_log_context", default={}
+    "observability_log_context", default=_EMPTY
 )
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.

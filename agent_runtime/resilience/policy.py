@@ -336,7 +336,7 @@ class RetryPolicy:
 
     def is_retryable(self, error: BaseException, error_class: str | None = None) -> bool:
         """Return whether ``error`` may be retried at all (rule 2), regardless of counts."""
-        if isinstance(error, _NEVER_RETRY) or isinstance(error, self.give_up_on):
+        if isinstance(error, (_NEVER_RETRY, self.give_up_on)):
             return False
         if not isinstance(error, self.retry_on):
             return False
@@ -405,9 +405,12 @@ class RetryPolicy:
             delay = min(self.maximum, hinted)
         elif error_class == "rate_limited" and history and history[-1].error_class == error_class:
             delay = min(self.maximum, delay * self.rate_limit_multiplier)
-        if self.deadline is not None and started_at is not None:
-            if now + delay - started_at > self.deadline:
-                return stop("deadline")
+        if (
+            self.deadline is not None
+            and started_at is not None
+            and now + delay - started_at > self.deadline
+        ):
+            return stop("deadline")
         record = AttemptRecord(
             attempt, now, type(error).__name__, str(error)[:2000], fp, error_class, delay
         )
