@@ -52,7 +52,12 @@ _RECORD_ATTRS = frozenset(
 RESERVED_FIELDS = frozenset(
     {"timestamp", "level", "logger", "message", "service", "trace_id", "span_id", "exception"}
 )
-"""Field names the record builder owns; an ``extra`` with one of these names is prefixed."""
+"""Field names the record builder owns; an ``extra`` with one of these names is prefixed.
+
+Exception: ``trace_id``/``span_id`` given in ``extra`` are used as is when the record is not
+logged inside a span (the runtime logs on behalf of a run from outside its span).
+"""
+_TRACE_FIELDS = frozenset({"trace_id", "span_id"})
 
 _shipper = threading.local()
 
@@ -188,7 +193,11 @@ def build_entry(record: logging.LogRecord, service: str) -> LogEntry:
         if "trace_id" in bound and not span_ctx.is_valid:
             fields["trace_id"] = bound["trace_id"]
     for key, value in record.__dict__.items():
-        if key not in _RECORD_ATTRS and not key.startswith("_"):
+        if key in _RECORD_ATTRS or key.startswith("_"):
+            continue
+        if key in _TRACE_FIELDS and not span_ctx.is_valid and value:
+            fields[key] = value  # logged outside a span on behalf of a known trace
+        else:
             fields[f"extra.{key}" if key in RESERVED_FIELDS else key] = value
     exc = _exception_fields(record.exc_info)
     if exc is not None:
