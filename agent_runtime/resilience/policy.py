@@ -8,8 +8,10 @@ sync and async code share one implementation and tests never sleep.
 
 Rules (the README's "Retry rules" section repeats them):
 
-1. An error is **classified**: ``timeout``, ``rate_limited`` (HTTP 429), ``server_error``
-   (HTTP 5xx), ``connection``, ``client_error`` (other HTTP 4xx) or ``error`` (anything else).
+1. An error is **classified**: ``timeout`` (also HTTP 408), ``rate_limited`` (HTTP 429, or a
+   limiter that refused the call), ``server_error`` (HTTP 5xx), ``connection``,
+   ``circuit_open`` (a circuit breaker refused the call), ``client_error`` (other HTTP 4xx) or
+   ``error`` (anything else). All but the last two are *transient*.
 2. It is **not retried** when it matches ``give_up_on``, does not match ``retry_on``, fails the
    ``predicate``, or is a ``client_error`` (4xx other than 429: the request itself is wrong).
    Errors of agent-runtime that retrying cannot fix (a corrupt checkpoint, a changed workflow, a
@@ -19,15 +21,18 @@ Rules (the README's "Retry rules" section repeats them):
    attempt's (``stop_on_repeat`` times in a row, default 2) is deterministic: retrying stops
    early with reason ``repeated_error``. Transient classes never stop this way.
 4. The **delay** is exponential: ``initial * multiplier ** (n - 1)`` capped at ``maximum``, with
-   ±``jitter`` (a fraction). A ``Retry-After`` carried by the error (seconds or an HTTP date)
-   replaces it, capped at ``maximum``. A ``rate_limited`` failure after an earlier
-   ``rate_limited`` one without ``Retry-After`` waits ``rate_limit_multiplier`` times longer.
+   ±``jitter`` (a fraction). A ``Retry-After`` carried by the error (seconds or an HTTP date, a
+   limiter's ``retry_after``, or the time an open circuit breaker half-opens) replaces it,
+   capped at ``maximum``. A ``rate_limited`` failure after an earlier ``rate_limited`` one
+   without such a hint waits ``rate_limit_multiplier`` times longer (the policy adapts from the
+   history).
 5. It **stops** after ``max_attempts`` attempts in all, or when the next attempt would start
    after ``deadline`` seconds from the first.
 """
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import hashlib
 import random
@@ -45,6 +50,8 @@ __all__ = [
     "DEFAULT_MAXIMUM",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_MULTIPLIER",
+    "DEFAULT_RATE_LIMIT_MULTIPLIER",
+    "DEFAULT_STOP_ON_REPEAT",
     "ERROR_CLASSES",
     "AttemptRecord",
     "RetryDecision",
@@ -60,16 +67,20 @@ DEFAULT_MAXIMUM: Final = 30.0
 DEFAULT_MULTIPLIER: Final = 2.0
 DEFAULT_JITTER: Final = 0.2
 DEFAULT_RATE_LIMIT_MULTIPLIER: Final = 2.0
+DEFAULT_STOP_ON_REPEAT: Final = 2
 
 ERROR_CLASSES: Final = (
     "timeout",
     "rate_limited",
     "server_error",
     "connection",
+    "circuit_open",
     "client_error",
     "error",
 )
-_TRANSIENT: Final = frozenset({"timeout", "rate_limited", "server_error", "connection"})
+_TRANSIENT: Final = frozenset(
+    {"timeout", "rate_limited", "server_error", "connection", "circuit_open"}
+)
 
 # Errors that no retry can fix: retrying them only hides a bug or burns a budget.
 _NEVER_RETRY: tuple[type[BaseException], ...] = (
@@ -106,7 +117,11 @@ class AttemptRecord:
     delay: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """Return the record as a JSON-ready dict."""
+        """Return the record as a JSON-ready dict.
+
+        Returns:
+            The fields by name.
+        """
         return {
             "attempt": self.attempt,
             "at": self.at,
@@ -182,19 +197,26 @@ def retry_after_seconds(error: BaseException, *, now: float | None = None) -> fl
     """Return the wait a ``Retry-After`` header on ``error`` asks for, if any.
 
     The header is read from ``error.response.headers`` (httpx, requests) or ``error.headers``;
-    an attribute ``retry_after`` (seconds) is honoured too. Both delta-seconds and HTTP-date
-    forms are understood; a date in the past gives 0.
+    an attribute ``retry_after`` (seconds, as on ``LimiterRejectedError``) and an attribute
+    ``half_open_at`` (epoch seconds, as on ``CircuitOpenError``) are honoured too. Both
+    delta-seconds and HTTP-date forms of the header are understood; an HTTP date without a zone
+    is taken as GMT (RFC 9110 requires GMT); a time in the past gives 0.
 
     Args:
         error: The exception.
-        now: Epoch seconds for HTTP-date arithmetic (defaults to the wall clock).
+        now: Epoch seconds for HTTP-date and ``half_open_at`` arithmetic (defaults to the wall
+            clock).
 
     Returns:
-        Seconds to wait, or None when the error carries no usable ``Retry-After``.
+        Seconds to wait, or None when the error carries no usable hint.
     """
     explicit = getattr(error, "retry_after", None)
-    if isinstance(explicit, int | float) and explicit >= 0:
+    if isinstance(explicit, int | float) and not isinstance(explicit, bool) and explicit >= 0:
         return float(explicit)
+    half_open_at = getattr(error, "half_open_at", None)
+    if isinstance(half_open_at, int | float) and not isinstance(half_open_at, bool):
+        current = time.time() if now is None else now
+        return max(0.0, float(half_open_at) - current)
     headers = _headers(error)
     if headers is None:
         return None
@@ -205,7 +227,7 @@ def retry_after_seconds(error: BaseException, *, now: float | None = None) -> fl
     if not value:
         return None
     value = str(value).strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         parsed = email.utils.parsedate_to_datetime(value)
@@ -213,14 +235,29 @@ def retry_after_seconds(error: BaseException, *, now: float | None = None) -> fl
         return None
     if parsed is None:
         return None
+    if parsed.tzinfo is None:
+        # parsedate_to_datetime returns a naive datetime for "-0000" or a missing zone; an
+        # HTTP date is always GMT, and .timestamp() would read a naive one as local time.
+        parsed = parsed.replace(tzinfo=datetime.UTC)
     current = time.time() if now is None else now
     return max(0.0, parsed.timestamp() - current)
 
 
 def classify(error: BaseException) -> str:
-    """Return the error class of ``error`` (rule 1 of the module docstring)."""
+    """Return the error class of ``error`` (rule 1 of the module docstring).
+
+    Args:
+        error: The exception.
+
+    Returns:
+        One of ``ERROR_CLASSES``.
+    """
     if isinstance(error, TimeoutError | errors.StepTimeoutError):
         return "timeout"
+    if isinstance(error, errors.CircuitOpenError):
+        return "circuit_open"
+    if isinstance(error, errors.LimiterRejectedError):
+        return "rate_limited"
     status = _status_code(error)
     if status is not None:
         if status == 429:
@@ -284,7 +321,7 @@ class RetryPolicy:
     give_up_on: tuple[type[BaseException], ...] = ()
     predicate: Callable[[BaseException], bool] = field(default=_default_predicate, compare=False)
     retry_client_errors: bool = False
-    stop_on_repeat: int = 2
+    stop_on_repeat: int = DEFAULT_STOP_ON_REPEAT
     rate_limit_multiplier: float = DEFAULT_RATE_LIMIT_MULTIPLIER
     attempt_timeout: float | None = None
 
@@ -313,8 +350,15 @@ class RetryPolicy:
     def http(cls, **overrides: Any) -> RetryPolicy:
         """Policy for HTTP calls: 3 attempts at 1 s, 2 s, 4 s ±20 %, honouring ``Retry-After``.
 
-        Retries 429, 5xx, timeouts and connection errors; never other 4xx; any other exception
-        type is not retried either (a bug in the caller is not transient).
+        Retries 429, 5xx, timeouts and connection errors (and an open breaker or a full
+        limiter, after their hint); never other 4xx; any other exception type is not retried
+        either (a bug in the caller is not transient).
+
+        Args:
+            **overrides: Any ``RetryPolicy`` field to change, e.g. ``max_attempts=5``.
+
+        Returns:
+            The policy.
         """
         params: dict[str, Any] = {
             "max_attempts": 3,
@@ -329,13 +373,25 @@ class RetryPolicy:
 
     @classmethod
     def none(cls) -> RetryPolicy:
-        """Policy that never retries (one attempt)."""
+        """Policy that never retries (one attempt).
+
+        Returns:
+            The policy.
+        """
         return cls(max_attempts=1)
 
     # -- decision ------------------------------------------------------------------------
 
     def is_retryable(self, error: BaseException, error_class: str | None = None) -> bool:
-        """Return whether ``error`` may be retried at all (rule 2), regardless of counts."""
+        """Return whether ``error`` may be retried at all (rule 2), regardless of counts.
+
+        Args:
+            error: The exception.
+            error_class: Its class when already known (saves classifying twice).
+
+        Returns:
+            True when another attempt could succeed.
+        """
         if isinstance(error, (_NEVER_RETRY, self.give_up_on)):
             return False
         if not isinstance(error, self.retry_on):
@@ -346,7 +402,15 @@ class RetryPolicy:
         return bool(self.predicate(error))
 
     def backoff(self, retry_number: int, rng: random.Random | None = None) -> float:
-        """Return the jittered exponential delay before retry ``retry_number`` (1-based)."""
+        """Return the jittered exponential delay before retry ``retry_number`` (1-based).
+
+        Args:
+            retry_number: 1 for the wait after the first attempt, 2 after the second...
+            rng: Random source for the jitter (tests pass a seeded one).
+
+        Returns:
+            Seconds, within ``[0, maximum]``.
+        """
         base = min(self.maximum, self.initial * self.multiplier ** (retry_number - 1))
         if self.jitter:
             spread = (rng or random).uniform(-self.jitter, self.jitter)
