@@ -459,10 +459,23 @@ class RunContext:
     def _call_sync(self, call: _StepCall, attempt: int) -> Any:
         if _is_async_callable(call.fn):
             timeout = self._attempt_timeout(call)
-            coro = call.fn(*call.args, **call.kwargs)
+            expired = {"value": False}
+
+            async def bounded() -> Any:
+                if timeout is None:
+                    return await call.fn(*call.args, **call.kwargs)
+                limit = asyncio.timeout(timeout)
+                try:
+                    async with limit:
+                        return await call.fn(*call.args, **call.kwargs)
+                finally:
+                    expired["value"] = limit.expired()
+
             try:
-                return asyncio.run(_with_timeout(coro, timeout))
+                return asyncio.run(bounded())
             except TimeoutError:
+                if not expired["value"]:
+                    raise
                 raise self._timeout_error(call, attempt) from None
         timeout = self._attempt_timeout(call)
         if timeout is None:
@@ -547,9 +560,15 @@ class RunContext:
             awaitable: Awaitable[Any] = call.fn(*call.args, **call.kwargs)
         else:
             awaitable = asyncio.to_thread(call.fn, *call.args, **call.kwargs)
+        if timeout is None:
+            return await awaitable
+        limit = asyncio.timeout(timeout)
         try:
-            return await _with_timeout(awaitable, timeout)
+            async with limit:
+                return await awaitable
         except TimeoutError:
+            if not limit.expired():
+                raise  # the step itself raised TimeoutError: an ordinary failed attempt
             if not _is_async_callable(call.fn):
                 _log.warning(
                     "step %s of run %s attempt %d overran its %.3g s timeout and was "
@@ -561,9 +580,3 @@ class RunContext:
                     extra={"run_id": self.run_id, "step": call.name, "attempt": attempt},
                 )
             raise self._timeout_error(call, attempt) from None
-
-
-async def _with_timeout(awaitable: Awaitable[T], timeout: float | None) -> T:
-    if timeout is None:
-        return await awaitable
-    return await asyncio.wait_for(awaitable, timeout)

@@ -634,11 +634,14 @@ class Runtime:
         async def main() -> Any:
             exe.loop = asyncio.get_running_loop()
             exe.task = asyncio.current_task()
+            deadline = asyncio.timeout(exe.remaining())
             try:
-                return await asyncio.wait_for(wf.fn(ctx, *args, **kwargs), exe.remaining())
+                async with deadline:
+                    return await wf.fn(ctx, *args, **kwargs)
             except TimeoutError:
-                exe.timed_out = True
-                exe.check()
+                if deadline.expired():  # the run's deadline, not a TimeoutError from a step
+                    exe.timed_out = True
+                    exe.check()
                 raise
 
         try:

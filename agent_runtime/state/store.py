@@ -200,6 +200,12 @@ class CheckpointWriter:
         """Return the connection to the pool."""
         with contextlib.suppress(Exception):
             self._cursor.close()
+        if self._store.closed:
+            # The pool was disposed while this run was executing (an abandoned execution that
+            # finished late): returning the connection to that pool would never close it.
+            with contextlib.suppress(Exception):
+                self._raw.invalidate()
+            return
         if self._store.dialect == "postgresql":
             with contextlib.suppress(Exception):
                 self._driver.autocommit = False  # type: ignore[union-attr]
@@ -240,8 +246,13 @@ class Store:
         self.clock = clock
         self.dialect = make_url(self.url).get_backend_name()
         self.engine = self._create_engine(pool_size)
+        self.closed = False
         self._schema_lock = threading.Lock()
-        self.ensure_schema()
+        try:
+            self.ensure_schema()
+        except BaseException:
+            self.engine.dispose()  # do not leak pooled connections of a store never returned
+            raise
 
     # -- engine and schema -------------------------------------------------------------
 
@@ -381,6 +392,7 @@ class Store:
 
     def close(self) -> None:
         """Dispose of every pooled connection."""
+        self.closed = True
         self.engine.dispose()
 
     # -- runs ----------------------------------------------------------------------------
