@@ -1,0 +1,22 @@
+"""Fixtures of the stack tests: one real Prometheus per test session, loaded with the shipped
+alert rules, for every test that needs a PromQL engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from stack_tools import ServerProcess, render_prometheus_config, start_prometheus
+
+
+@pytest.fixture(scope="session")
+def prometheus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A Debian Prometheus on a free loopback port, evaluating alerts/rules every second."""
+    workdir: Path = tmp_path_factory.mktemp("prometheus")
+    config = render_prometheus_config(workdir / "prometheus.yml", evaluation_interval="1s")
+    server = start_prometheus(workdir, config)
+    try:
+        yield server
+    finally:
+        server.stop()
