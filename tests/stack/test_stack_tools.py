@@ -17,6 +17,7 @@ from stack_tools import (
     RULES_DIR,
     docker_compose,
     render_alertmanager_config,
+    render_prometheus_config,
     require_binary,
     run_tool,
 )
@@ -255,3 +256,28 @@ def test_render_script_works_under_busybox(tmp_path: Path) -> None:
         },
     )
     assert _webhook_urls(out) == [url]
+
+
+@pytest.mark.prometheus
+def test_rendered_test_prometheus_config_scrapes_and_alerts_locally(tmp_path: Path) -> None:
+    """The config an end-to-end test renders keeps the shipped job and rules and passes promtool."""
+    promtool = require_binary("promtool", "prometheus")
+    rendered = render_prometheus_config(
+        tmp_path / "prometheus.yml",
+        scrape_targets=["127.0.0.1:18787"],
+        scrape_interval="1s",
+        evaluation_interval="1s",
+        alertmanager_address="127.0.0.1:19093",
+    )
+    result = run_tool([promtool, "check", "config", rendered])
+    assert "1 rule files found" in result.stdout + result.stderr
+    config = yaml.safe_load(rendered.read_text())
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == "agent-runtime"
+    assert job["static_configs"] == [
+        {"targets": ["127.0.0.1:18787"], "labels": {"service": "agent-runtime"}}
+    ]
+    assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
+        "127.0.0.1:19093"
+    ]
+    assert config["storage"]["exemplars"]["max_exemplars"] > 0
