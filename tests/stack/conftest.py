@@ -3,11 +3,21 @@ alert rules, for every test that needs a PromQL engine."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from stack_tools import ServerProcess, render_prometheus_config, start_prometheus
+
+# The test modules import the helpers as `stack_tools`; pytest's default import mode puts this
+# directory on sys.path, this keeps that true under --import-mode=importlib as well.
+sys.path.insert(0, str(Path(__file__).parent))
+
+from stack_tools import (
+    ServerProcess,
+    render_prometheus_config,
+    start_prometheus,
+)
 
 
 @pytest.fixture(scope="session")
