@@ -25,7 +25,15 @@ from agent_runtime.events import FallbackServed, hooks
 if TYPE_CHECKING:
     from agent_runtime.resilience.breaker import CircuitBreaker
 
-__all__ = ["OUTCOMES", "Alternative", "AlternativeOutcome", "FallbackChain", "FallbackResult"]
+__all__ = [
+    "OUTCOMES",
+    "Alternative",
+    "AlternativeOutcome",
+    "FallbackChain",
+    "FallbackResult",
+    "run_chain",
+    "run_chain_async",
+]
 
 T = TypeVar("T")
 
@@ -112,7 +120,7 @@ def _reason(error: BaseException) -> str:
 
 
 class _Run:
-    """The bookkeeping of one call of a chain (shared by the sync and async drivers)."""
+    """The bookkeeping of one call of a chain, made only once an alternative has missed."""
 
     __slots__ = ("chain", "last_error", "names", "outcomes")
 
@@ -133,17 +141,16 @@ class _Run:
         )
         self.last_error = error
 
-    def served(self, name: str, value: T) -> FallbackResult[T]:
+    def served(self, name: str) -> None:
         self.outcomes.append(AlternativeOutcome(name, "served"))
         done = len(self.outcomes)
         self.outcomes.extend(
             AlternativeOutcome(rest, "not_tried", f"{name!r} served") for rest in self.names[done:]
         )
-        self._emit(name)
-        return FallbackResult(value, name, tuple(self.outcomes))
+        _emit(self.chain, name, self.outcomes)
 
     def exhausted(self) -> errors.FallbackExhaustedError:
-        self._emit(None)
+        _emit(self.chain, None, self.outcomes)
         summary = "; ".join(f"{o.name}: {o.outcome} ({o.reason})" for o in self.outcomes)
         error = errors.FallbackExhaustedError(
             f"fallback chain {self.chain!r}: no alternative answered ({summary}). "
@@ -153,19 +160,97 @@ class _Run:
         error.__cause__ = self.last_error
         return error
 
-    def _emit(self, served: str | None) -> None:
-        if hooks.active:
-            hooks.emit(
-                FallbackServed(
-                    chain=self.chain,
-                    served=served,
-                    skipped=tuple(
-                        (o.name, f"{o.outcome}: {o.reason}")
-                        for o in self.outcomes
-                        if o.outcome in ("failed", "skipped")
-                    ),
-                )
+
+def _emit(chain: str, served: str | None, outcomes: Sequence[AlternativeOutcome]) -> None:
+    if hooks.active:
+        hooks.emit(
+            FallbackServed(
+                chain=chain,
+                served=served,
+                skipped=tuple(
+                    (o.name, f"{o.outcome}: {o.reason}")
+                    for o in outcomes
+                    if o.outcome in ("failed", "skipped")
+                ),
             )
+        )
+
+
+def run_chain(
+    chain: str,
+    alternatives: Sequence[Alternative[T]],
+    invoke: Callable[[Alternative[T]], T],
+    fallback_on: tuple[type[Exception], ...] = (Exception,),
+) -> tuple[T, str, list[AlternativeOutcome] | None]:
+    """Try ``alternatives`` in order through ``invoke`` (the engine of :class:`FallbackChain`).
+
+    Args:
+        chain: The chain's name for events and errors.
+        alternatives: The alternatives, first choice first.
+        invoke: Calls one alternative and returns its value.
+        fallback_on: Exception types that move on to the next alternative.
+
+    Returns:
+        The value, the name of the alternative that served, and the outcomes (None when the
+        first alternative served: nothing else happened).
+
+    Raises:
+        FallbackExhaustedError: Every alternative failed or was skipped.
+    """
+    run: _Run | None = None
+    for alt in alternatives:
+        try:
+            value = invoke(alt)
+        except fallback_on as exc:
+            if run is None:
+                run = _Run(chain, [a.name for a in alternatives])
+            run.missed(alt.name, exc)
+            continue
+        if run is None:
+            _emit(chain, alt.name, ())
+            return value, alt.name, None
+        run.served(alt.name)
+        return value, alt.name, run.outcomes
+    assert run is not None
+    raise run.exhausted()
+
+
+async def run_chain_async(
+    chain: str,
+    alternatives: Sequence[Alternative[T]],
+    invoke: Callable[[Alternative[T]], Awaitable[T]],
+    fallback_on: tuple[type[Exception], ...] = (Exception,),
+) -> tuple[T, str, list[AlternativeOutcome] | None]:
+    """Async twin of :func:`run_chain`.
+
+    Args:
+        chain: The chain's name for events and errors.
+        alternatives: The alternatives, first choice first.
+        invoke: Awaits one alternative and returns its value.
+        fallback_on: Exception types that move on to the next alternative.
+
+    Returns:
+        The value, the serving alternative's name, and the outcomes (None: the first served).
+
+    Raises:
+        FallbackExhaustedError: Every alternative failed or was skipped.
+    """
+    run: _Run | None = None
+    for alt in alternatives:
+        try:
+            value = await invoke(alt)
+        except fallback_on as exc:
+            if run is None:
+                run = _Run(chain, [a.name for a in alternatives])
+            run.missed(alt.name, exc)
+            continue
+        if run is None:
+            _emit(chain, alt.name, ())
+            return value, alt.name, None
+        run.served(alt.name)
+        return value, alt.name, run.outcomes
+    assert run is not None
+    raise run.exhausted()
 
 
 class FallbackChain(Generic[T]):
@@ -207,7 +292,11 @@ class FallbackChain(Generic[T]):
         self.name = name
         self.alternatives = tuple(alternatives)
         self.fallback_on = fallback_on
-        self._names = tuple(names)
+        first = names[0]
+        self._first_served = (
+            AlternativeOutcome(first, "served"),
+            *(AlternativeOutcome(rest, "not_tried", f"{first!r} served") for rest in names[1:]),
+        )
 
     def call(self, *args: Any, **kwargs: Any) -> FallbackResult[T]:
         """Call the alternatives in order until one returns.
@@ -254,15 +343,8 @@ class FallbackChain(Generic[T]):
         Raises:
             FallbackExhaustedError: Every alternative failed or was skipped.
         """
-        run = _Run(self.name, self._names)
-        for alt in self.alternatives:
-            try:
-                value = invoke(alt)
-            except self.fallback_on as exc:
-                run.missed(alt.name, exc)
-                continue
-            return run.served(alt.name, value)
-        raise run.exhausted()
+        value, served, outcomes = run_chain(self.name, self.alternatives, invoke, self.fallback_on)
+        return FallbackResult(value, served, self._outcomes(outcomes))
 
     async def run_async(
         self, invoke: Callable[[Alternative[T]], Awaitable[T]]
@@ -278,15 +360,15 @@ class FallbackChain(Generic[T]):
         Raises:
             FallbackExhaustedError: Every alternative failed or was skipped.
         """
-        run = _Run(self.name, self._names)
-        for alt in self.alternatives:
-            try:
-                value = await invoke(alt)
-            except self.fallback_on as exc:
-                run.missed(alt.name, exc)
-                continue
-            return run.served(alt.name, value)
-        raise run.exhausted()
+        value, served, outcomes = await run_chain_async(
+            self.name, self.alternatives, invoke, self.fallback_on
+        )
+        return FallbackResult(value, served, self._outcomes(outcomes))
+
+    def _outcomes(
+        self, outcomes: list[AlternativeOutcome] | None
+    ) -> tuple[AlternativeOutcome, ...]:
+        return self._first_served if outcomes is None else tuple(outcomes)
 
 
 def _invoke_sync(alt: Alternative[T], args: Any, kwargs: Any) -> T:

@@ -43,13 +43,20 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
+from agent_runtime import errors
 from agent_runtime import flags as flags_module
 from agent_runtime.flags import Flags
-from agent_runtime.resilience import retry as _retry
 from agent_runtime.resilience.breaker import CircuitBreaker
-from agent_runtime.resilience.fallback import Alternative, FallbackChain
+from agent_runtime.resilience.fallback import Alternative, run_chain, run_chain_async
 from agent_runtime.resilience.limiter import Limiter
 from agent_runtime.resilience.policy import RetryPolicy
+from agent_runtime.resilience.retry import (
+    _async_attempt,
+    _Controller,
+    _drive_async,
+    _drive_sync,
+    _sync_attempt,
+)
 
 __all__ = ["resilient_call", "resilient_call_async"]
 
@@ -79,9 +86,14 @@ class _Plan:
         self.use_breakers = flags.breaker_enabled
         self.limiter = limiter if flags.limiter_enabled else None
         primary = Alternative(name, fn, breaker)
-        self.alternatives: tuple[Alternative[Any], ...] = (
-            (primary, *fallbacks) if flags.fallback_enabled and fallbacks else (primary,)
-        )
+        if fallbacks and flags.fallback_enabled:
+            if any(alt.name == name for alt in fallbacks):
+                raise errors.ConfigurationError(
+                    f"resilient_call {name!r}: a fallback has the primary's name; name them apart"
+                )
+            self.alternatives: tuple[Alternative[Any], ...] = (primary, *fallbacks)
+        else:
+            self.alternatives = (primary,)
 
     def breaker_of(self, alt: Alternative[Any]) -> CircuitBreaker | None:
         return alt.breaker if self.use_breakers else None
@@ -150,9 +162,9 @@ def resilient_call(
     def invoke(alt: Alternative[Any]) -> Any:
         alt_fn = cast(Callable[..., Any], alt.fn)
         if not plan.retrying:
-            ctl = _retry._Controller(plan.single_policy(), alt.name, clock, None, None, None)
-            return _retry._sync_attempt(ctl, plan.breaker_of(alt), alt_fn, args, kwargs)
-        return _retry._drive_sync(
+            ctl = _Controller(plan.single_policy(), alt.name, clock, None, None, None)
+            return _sync_attempt(ctl, plan.breaker_of(alt), alt_fn, args, kwargs)
+        return _drive_sync(
             alt_fn,
             args,
             kwargs,
@@ -167,8 +179,7 @@ def resilient_call(
     with plan.limiter.slot() if plan.limiter is not None else _NULL:
         if len(plan.alternatives) == 1:
             return cast(T, invoke(plan.alternatives[0]))
-        chain: FallbackChain[Any] = FallbackChain(plan.alternatives[0].name, plan.alternatives)
-        return cast(T, chain.run(invoke).value)
+        return cast(T, run_chain(plan.alternatives[0].name, plan.alternatives, invoke)[0])
 
 
 async def resilient_call_async(
@@ -227,9 +238,9 @@ async def resilient_call_async(
     async def invoke(alt: Alternative[Any]) -> Any:
         alt_fn = cast(Callable[..., Awaitable[Any]], alt.fn)
         if not plan.retrying:
-            ctl = _retry._Controller(plan.single_policy(), alt.name, clock, None, None, None)
-            return await _retry._async_attempt(ctl, plan.breaker_of(alt), alt_fn, args, kwargs)
-        return await _retry._drive_async(
+            ctl = _Controller(plan.single_policy(), alt.name, clock, None, None, None)
+            return await _async_attempt(ctl, plan.breaker_of(alt), alt_fn, args, kwargs)
+        return await _drive_async(
             alt_fn,
             args,
             kwargs,
@@ -241,12 +252,8 @@ async def resilient_call_async(
             breaker=plan.breaker_of(alt),
         )
 
-    async with plan.limiter.slot_async() if plan.limiter is not None else _ANULL:
+    async with plan.limiter.slot_async() if plan.limiter is not None else _NULL:
         if len(plan.alternatives) == 1:
             return cast(T, await invoke(plan.alternatives[0]))
-        chain: FallbackChain[Any] = FallbackChain(plan.alternatives[0].name, plan.alternatives)
-        result = await chain.run_async(invoke)
-        return cast(T, result.value)
-
-
-_ANULL = contextlib.nullcontext()
+        result = await run_chain_async(plan.alternatives[0].name, plan.alternatives, invoke)
+        return cast(T, result[0])
