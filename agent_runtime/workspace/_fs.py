@@ -34,6 +34,7 @@ __all__ = [
     "hash_fd",
     "open_dir",
     "open_file",
+    "open_file_if_exists",
     "open_root",
     "remove",
     "split_path",
@@ -207,8 +208,30 @@ def open_file(dir_fd: int, name: str, *, path: str) -> tuple[int, os.stat_result
     Raises:
         WorkspaceError: The name is a symlink, a directory, a special file or missing.
     """
+    opened = open_file_if_exists(dir_fd, name, path=path)
+    if opened is None:
+        raise errors.WorkspaceError(f"workspace path {path!r} does not exist")
+    return opened
+
+
+def open_file_if_exists(dir_fd: int, name: str, *, path: str) -> tuple[int, os.stat_result] | None:
+    """Like :func:`open_file`, but return None when the name does not exist (any more).
+
+    Args:
+        dir_fd: Descriptor of the directory holding the file.
+        name: The file's name in that directory.
+        path: The workspace-relative path, for error messages.
+
+    Returns:
+        The descriptor and its ``fstat``, or None.
+
+    Raises:
+        WorkspaceError: The name is a symlink, a directory or a special file.
+    """
     try:
         fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
     except OSError as exc:
         raise _escape_error(path, exc) from exc
     st = os.fstat(fd)

@@ -159,7 +159,7 @@ class Snapshot:
         root: The workspace directory on the host when the snapshot was taken.
         created_at: Epoch seconds.
         scanned_at_ns: Wall-clock nanoseconds when the scan began (for the stat cache).
-        entries: Path -> entry, sorted by path.
+        entries: Path -> entry, directories before their contents, names sorted within each.
         stats: What taking it cost (only on a snapshot just taken, not on a loaded one).
     """
 
@@ -187,7 +187,7 @@ def entries_to_json(entries: Iterable[Entry], *, scanned_at_ns: int) -> str:
     """Serialize entries into the stored manifest format (compact, one array per entry).
 
     Args:
-        entries: The entries, in path order.
+        entries: The entries (their order is kept).
         scanned_at_ns: When the scan began.
 
     Returns:

@@ -164,7 +164,10 @@ def _collect(
             if batch is None and (want_hash is None or not want_hash(path, st)):
                 entries[path] = _entry(path, FILE, st, size=st.st_size)
                 continue
-            fd, fst = _fs.open_file(found.dir_fd, found.name, path=path)
+            opened = _fs.open_file_if_exists(found.dir_fd, found.name, path=path)
+            if opened is None:
+                continue  # deleted since the listing: it is not part of this state
+            fd, fst = opened
             try:
                 if batch is not None:
                     sha, size, new = batch.ingest(fd)

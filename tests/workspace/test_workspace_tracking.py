@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from agent_runtime.workspace import (
     Snapshot,
     Workspace,
     WorkspaceConfig,
+    _fs,
 )
 from agent_runtime.workspace.scan import _reusable
 
@@ -273,3 +275,23 @@ def test_snapshot_after_a_rewrite_by_another_inode(
     os.replace(ws_root / "tmp", ws_root / "a")
     second = ws.snapshot(1, "replaced")
     assert second.entries["a"].sha256 == sha(b"2222")
+
+
+def test_file_deleted_during_the_scan_is_left_out(
+    ws_root: Path, make_ws: Callable[..., Workspace], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file the sandbox deletes between listing and reading is not part of the snapshot."""
+    ws = make_ws()
+    ws.put_file("vanishing", b"soon gone")
+    ws.put_file("staying", b"here")
+    real_walk = _fs.walk
+
+    def walk_and_delete(root_fd: int, **kwargs: Any) -> Iterator[_fs.Found]:
+        for found in real_walk(root_fd, **kwargs):
+            if found.name == "vanishing":
+                os.unlink(found.name, dir_fd=found.dir_fd)
+            yield found
+
+    monkeypatch.setattr(_fs, "walk", walk_and_delete)
+    snap = ws.snapshot(0, "racing")
+    assert set(snap.entries) == {"staying"}
