@@ -1082,4 +1082,6 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
         return decorate
 
     def __repr__(self) -> str:
-        return f"CircuitBreaker({self._key!r}, status={self.status!r})"
+        # The cached view only: a repr must not query (or fail on) a remote store.
+        seen = _FROM_PYBREAKER.get(self._state.name, self._state.name)
+        return f"CircuitBreaker({self._key!r}, last_seen={seen!r})"

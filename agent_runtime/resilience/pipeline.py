@@ -137,12 +137,14 @@ def resilient_call(
         sleep: How to wait between attempts.
         clock: Epoch seconds now.
         rng: Random source for the jitter.
-        **kwargs: Keyword arguments (for the primary and every fallback).
+        **kwargs: Keyword arguments (for the primary and every fallback); the names above are
+            reserved (wrap ``fn`` in ``functools.partial`` to pass those).
 
     Returns:
         What the serving alternative returned.
 
     Raises:
+        ConfigurationError: A fallback has the primary's name.
         LimiterRejectedError: The limiter refused the call.
         FallbackExhaustedError: With fallbacks: none of the alternatives answered.
         CircuitOpenError: Without fallbacks: the primary's breaker is open.
@@ -213,12 +215,14 @@ async def resilient_call_async(
         sleep: How to wait between attempts (an async function).
         clock: Epoch seconds now.
         rng: Random source for the jitter.
-        **kwargs: Keyword arguments (for the primary and every fallback).
+        **kwargs: Keyword arguments (for the primary and every fallback); the names above are
+            reserved (wrap ``fn`` in ``functools.partial`` to pass those).
 
     Returns:
         What the serving alternative returned.
 
     Raises:
+        ConfigurationError: A fallback has the primary's name.
         LimiterRejectedError: The limiter refused the call.
         FallbackExhaustedError: With fallbacks: none of the alternatives answered.
         CircuitOpenError: Without fallbacks: the primary's breaker is open.

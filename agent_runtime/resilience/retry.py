@@ -447,14 +447,14 @@ def retry_call(
         sleep: How to wait between attempts (tests pass a recorder).
         clock: Epoch seconds now (for the history and the deadline).
         rng: Random source for the jitter.
-        **kwargs: Its keyword arguments.
+        **kwargs: Its keyword arguments (``policy``, ``name``, ``sleep``, ``clock`` and ``rng``
+            are taken by ``retry_call``: wrap ``fn`` in ``functools.partial`` to pass those).
 
     Returns:
         What ``fn`` returned.
 
     Raises:
         RetriesExhaustedError: Retrying stopped (max attempts, deadline, repeated error).
-        StepTimeoutError: Never directly: a timed-out attempt counts as a failed attempt.
         Exception: A non-retryable error, unchanged (see the module docstring).
     """
     return _drive_sync(
@@ -490,7 +490,8 @@ async def retry_call_async(
         sleep: How to wait between attempts (an async function; tests pass a recorder).
         clock: Epoch seconds now (for the history and the deadline).
         rng: Random source for the jitter.
-        **kwargs: Its keyword arguments.
+        **kwargs: Its keyword arguments (the names above are reserved, as for
+            :func:`retry_call`).
 
     Returns:
         What ``fn`` returned.

@@ -456,3 +456,9 @@ def test_breaker_needs_a_name() -> None:
     """An empty name is refused (it is the key of the shared state)."""
     with pytest.raises(errors.ConfigurationError, match="name"):
         CircuitBreaker("")
+
+
+def test_repr_does_not_touch_the_store() -> None:
+    """repr() shows the last seen state without reading a (possibly down) store."""
+    breaker = CircuitBreaker("svc", store=BrokenStore())
+    assert repr(breaker) == "CircuitBreaker('svc', last_seen='closed')"

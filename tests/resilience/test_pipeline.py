@@ -349,3 +349,16 @@ async def test_async_limiter_refusal(clock: FakeClock) -> None:
     with pytest.raises(errors.LimiterRejectedError):
         await resilient_call_async(Script().acall, limiter=limiter, flags=ALL_ON, clock=clock)
     limiter.release(held)
+
+
+def test_fallback_with_the_primary_name_is_refused(sleeps: Sleeps, clock: FakeClock) -> None:
+    """Outcomes are keyed by name, so a fallback may not reuse the primary's."""
+    with pytest.raises(errors.ConfigurationError, match="primary's name"):
+        resilient_call(
+            Script(),
+            name="model",
+            fallbacks=[Alternative("model", Script())],
+            flags=ALL_ON,
+            sleep=sleeps,
+            clock=clock,
+        )
