@@ -152,9 +152,10 @@ def test_one_probe_across_engines_and_threads(db_url: str, table: str) -> None:
             e.dispose()
 
 
-def test_one_probe_across_real_processes(db_url: str, table: str) -> None:
-    """Four OS processes x eight threads hit a ripe half-open breaker: exactly one call runs."""
+def test_one_probe_across_real_processes(db_url: str, table: str, tmp_path: Path) -> None:
+    """Three OS processes x ten threads hit a ripe half-open breaker: exactly one call runs."""
     engine = sa.create_engine(db_url)
+    release = tmp_path / "release-probe"
     try:
         store = _store(engine, table)
         past = FakeClock(time.time() - 100)
@@ -166,12 +167,12 @@ def test_one_probe_across_real_processes(db_url: str, table: str) -> None:
         assert store.load("procs").state == "open"
         workers = [
             subprocess.Popen(
-                [sys.executable, str(WORKER), db_url, table, "procs", "8", "2.0"],
+                [sys.executable, str(WORKER), db_url, table, "procs", "10", str(release)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
             )
-            for _ in range(4)
+            for _ in range(3)
         ]
         for worker in workers:
             assert worker.stdout is not None
@@ -179,14 +180,21 @@ def test_one_probe_across_real_processes(db_url: str, table: str) -> None:
         for worker in workers:
             assert worker.stdin is not None
             worker.stdin.write("go\n")
-            worker.stdin.flush()
+            worker.stdin.close()
+        for worker in workers:  # every thread everywhere was refused or holds the probe
+            assert worker.stdout is not None
+            assert worker.stdout.readline().strip() == "tried"
+        release.touch()
         results = []
         for worker in workers:
-            out, _ = worker.communicate(timeout=60)
-            results.append(json.loads(out.strip().splitlines()[-1]))
+            assert worker.stdout is not None
+            # Read through the same buffered reader as above (it may hold the last line).
+            results.append(json.loads(worker.stdout.read().strip().splitlines()[-1]))
+            worker.stdout.close()
+            assert worker.wait(timeout=60) == 0
         assert sum(r["ran"] for r in results) == 1, results
-        assert sum(r["rejected"] for r in results) == 31, results
-        assert [r["other"] for r in results] == [[], [], [], []]
+        assert sum(r["rejected"] for r in results) == 29, results
+        assert [r["other"] for r in results] == [[], [], []]
         assert store.load("procs").state == "closed"
     finally:
         engine.dispose()
