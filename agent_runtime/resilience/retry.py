@@ -27,7 +27,8 @@ Outcomes of a call:
   (PEP 678) lists them;
 * retrying **stopped** (``max_attempts``, ``deadline``, ``repeated_error``):
   ``RetriesExhaustedError`` with the whole history in ``attempts`` and the last error as
-  ``__cause__``;
+  ``__cause__``; a policy of one attempt (``RetryPolicy.none()``) never retries, so its error is
+  raised unchanged, as the runtime's step loop does;
 * cancellation and other ``BaseException``\\ s propagate untouched and are never retried.
 
 Per-attempt timeout (``RetryPolicy.attempt_timeout``): an async attempt is cancelled; a sync
@@ -348,6 +349,8 @@ def _drive_sync(
     the caller (the fallback chain) moves on.
     """
     ctl = _Controller(policy, name, clock, rng, breaker, run_id)
+    if policy.max_attempts == 1:
+        return _sync_attempt(ctl, breaker, fn, args, kwargs)
     try:
         return _sync_attempt(ctl, breaker, fn, args, kwargs)
     except Exception as error:
@@ -392,6 +395,8 @@ async def _drive_async(
 ) -> T:
     """Async twin of :func:`_drive_sync`."""
     ctl = _Controller(policy, name, clock, rng, breaker, run_id)
+    if policy.max_attempts == 1:
+        return await _async_attempt(ctl, breaker, fn, args, kwargs)
     try:
         return await _async_attempt(ctl, breaker, fn, args, kwargs)
     except Exception as error:

@@ -333,3 +333,21 @@ def test_decorator_default_policy_and_name(sleeps: Sleeps, recorder) -> None:
     assert work() == "ok"
     (event,) = recorder.of(RetryScheduled)
     assert event.step.endswith("work")
+
+
+def test_single_attempt_policy_raises_the_error_itself(sleeps: Sleeps) -> None:
+    """RetryPolicy.none() makes one attempt and raises its error unwrapped (as steps do)."""
+    error = ValueError("once")
+    with pytest.raises(ValueError, match="once") as caught:
+        retry_call(Flaky(error), policy=RetryPolicy.none(), sleep=sleeps)
+    assert caught.value is error
+
+
+async def test_single_attempt_policy_async(clock: FakeClock) -> None:
+    """The async driver does the same."""
+    with pytest.raises(TimeoutError):
+        await retry_call_async(
+            Flaky(TimeoutError("slow")).acall,
+            policy=RetryPolicy.none(),
+            sleep=Sleeps(clock).async_sleep,
+        )
