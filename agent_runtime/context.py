@@ -50,7 +50,7 @@ from agent_runtime.state.models import RunRow, StepRow
 from agent_runtime.state.serialization import Serializer, checksum, encode, get_serializer
 
 if TYPE_CHECKING:
-    from agent_runtime.runtime import Runtime
+    from agent_runtime.runtime import Runtime, Workflow
     from agent_runtime.state.store import CheckpointWriter
 
 __all__ = ["RunContext", "step_name"]
@@ -152,9 +152,17 @@ class RunContext:
         resumed: Whether this execution resumed a run that had started before.
     """
 
-    def __init__(self, runtime: Runtime, execution: Execution, *, resumed: bool) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        execution: Execution,
+        workflow: Workflow[Any, Any],
+        *,
+        resumed: bool,
+    ) -> None:
         self._runtime = runtime
         self._exe = execution
+        self._wf = workflow
         self.run_id = execution.run.id
         self.workflow = execution.run.workflow
         self.trace_id = execution.run.trace_id
@@ -228,11 +236,11 @@ class RunContext:
             fn=fn,
             args=args,
             kwargs=kwargs,
-            policy=retry or self._runtime._policy_for(self.workflow),
+            policy=retry or self._wf.retry or self._runtime.retry,
             timeout=timeout if timeout is not None else (retry.attempt_timeout if retry else None),
-            serializer=serializer or self._runtime._serializer_for(self.workflow),
+            serializer=serializer or self._wf.serializer,
         )
-        if self._runtime._is_async_workflow(self.workflow):
+        if self._wf.is_async:
             return self._step_async(call)
         return self._step_sync(call)
 

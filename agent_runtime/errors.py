@@ -360,7 +360,8 @@ class RetriesExhaustedError(StepError):
 
     Attributes:
         attempts: One mapping per attempt: ``attempt``, ``at`` (epoch seconds), ``error_type``,
-            ``message``, ``fingerprint`` and ``delay`` (the wait scheduled after it).
+            ``message``, ``fingerprint``, ``error_class`` and ``delay`` (the wait scheduled
+            after it).
         reason: Why retrying stopped: ``max_attempts``, ``deadline``, ``non_retryable`` or
             ``repeated_error``.
     """

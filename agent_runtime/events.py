@@ -138,7 +138,8 @@ class RetryScheduled(Event):
     """An attempt failed and another one is scheduled after ``delay_s`` seconds.
 
     ``reason`` is a bounded class (``timeout``, ``rate_limited``, ``server_error``,
-    ``connection``, ``error``) fit for a metric label; ``error_type`` is the exception type.
+    ``connection``, ``circuit_open``, ``error``) fit for a metric label; ``error_type`` is the
+    exception type.
     """
 
     kind: ClassVar[str] = "retry.scheduled"
@@ -189,13 +190,19 @@ class DeadLetterRetried(Event):
 
 @dataclass(frozen=True, slots=True)
 class BreakerStateChanged(Event):
-    """A circuit breaker moved between ``closed``, ``open`` and ``half_open``."""
+    """A circuit breaker moved between ``closed``, ``open`` and ``half_open``.
+
+    ``observed`` is True when this process only noticed a transition another process made
+    through the shared breaker store (the state gauge follows it; the transition counter does
+    not count it again).
+    """
 
     kind: ClassVar[str] = "breaker.state_changed"
     breaker: str
     from_state: str
     to_state: str
     reason: str
+    observed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -246,6 +246,8 @@ class ObservabilityHook:
                 m.BREAKER_STATE.labels(event.breaker, state).set(
                     1 if state == event.to_state else 0
                 )
+            if event.observed:
+                return  # another process made (and counted, and logged) this transition
             m.BREAKER_TRANSITIONS.labels(event.breaker, event.from_state, event.to_state).inc()
             level = logging.WARNING if event.to_state == "open" else logging.INFO
             _log_res.log(

@@ -253,6 +253,8 @@ class Runtime:
         sleep: Sleep used for retry backoff in sync steps (tests inject a recorder).
         async_sleep: Sleep used for retry backoff in async steps.
         timeout_grace: Seconds after a missed deadline before a stuck execution is abandoned.
+        sqlite_synchronous: ``full`` or ``normal`` for a SQLite store (see
+            :class:`~agent_runtime.state.store.Store`).
 
     Raises:
         ConfigurationError: A bad URL or argument.
@@ -275,6 +277,7 @@ class Runtime:
         sleep: Callable[[float], None] | None = None,
         async_sleep: Callable[[float], Coroutine[Any, Any, None]] | None = None,
         timeout_grace: float = DEFAULT_TIMEOUT_GRACE,
+        sqlite_synchronous: str | None = None,
     ) -> None:
         if lease_ttl <= 0 or run_timeout <= 0 or max_concurrent_runs < 1 or timeout_grace < 0:
             raise errors.ConfigurationError(
@@ -283,7 +286,7 @@ class Runtime:
             )
         self.url = db or os.environ.get("AGENT_RUNTIME_DB") or DEFAULT_DB_URL
         self.clock = clock
-        self.store = Store(self.url, clock=clock)
+        self.store = Store(self.url, clock=clock, sqlite_synchronous=sqlite_synchronous)
         self.lease_ttl = lease_ttl
         self.run_timeout = run_timeout
         self.retry = retry
@@ -368,7 +371,14 @@ class Runtime:
                 runtime=self,
             )
             with _REGISTRY_LOCK:
+                previous = _REGISTRY.get(wf_name)
                 _REGISTRY[wf_name] = wf
+            if previous is not None and previous.fn is not fn:
+                _log.warning(
+                    "workflow name %s was registered again with another function; runs "
+                    "recovered by name now execute the new one",
+                    wf_name,
+                )
             self._wake.set()  # a new workflow may make orphaned runs recoverable
             return wf
 
@@ -409,21 +419,6 @@ class Runtime:
                 ) from exc
         return self._resolve(row.workflow)
 
-    def _policy_for(self, workflow: str) -> RetryPolicy:
-        with _REGISTRY_LOCK:
-            wf = _REGISTRY.get(workflow)
-        return (wf.retry if wf is not None and wf.retry is not None else None) or self.retry
-
-    def _serializer_for(self, workflow: str) -> Serializer:
-        with _REGISTRY_LOCK:
-            wf = _REGISTRY.get(workflow)
-        return wf.serializer if wf is not None else self.serializer
-
-    def _is_async_workflow(self, workflow: str) -> bool:
-        with _REGISTRY_LOCK:
-            wf = _REGISTRY.get(workflow)
-        return wf is not None and wf.is_async
-
     # -- starting runs -----------------------------------------------------------------------
 
     def start(
@@ -443,7 +438,7 @@ class Runtime:
         """
         wf = self._resolve(workflow)
         row = self._create(wf, args, kwargs, owner=self.owner)
-        return self._launch(row, resumed=False)
+        return self._launch(row, resumed=False, workflow=wf)
 
     def enqueue(
         self,
@@ -514,7 +509,9 @@ class Runtime:
 
     # -- executing -----------------------------------------------------------------------------
 
-    def _launch(self, row: RunRow, *, resumed: bool) -> RunHandle:
+    def _launch(
+        self, row: RunRow, *, resumed: bool, workflow: Workflow[Any, Any] | None = None
+    ) -> RunHandle:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
             existing = self._futures.get(row.id)
@@ -524,17 +521,23 @@ class Runtime:
         self._ensure_maintenance()
         thread = threading.Thread(
             target=self._execute,
-            args=(row, resumed, future),
+            args=(row, resumed, future, workflow),
             name=f"agent-runtime-run-{row.id[:8]}",
             daemon=True,
         )
         thread.start()
         return RunHandle(self, row.id, row.trace_id, future)
 
-    def _execute(self, row: RunRow, resumed: bool, future: concurrent.futures.Future[Any]) -> None:
+    def _execute(
+        self,
+        row: RunRow,
+        resumed: bool,
+        future: concurrent.futures.Future[Any],
+        workflow: Workflow[Any, Any] | None,
+    ) -> None:
         self._slots.acquire()
         try:
-            self._execute_with_slot(row, resumed, future)
+            self._execute_with_slot(row, resumed, future, workflow)
         except BaseException as exc:  # pragma: no cover - last resort, never leave a future hanging
             _log.exception("run %s: execution crashed", row.id, extra={"run_id": row.id})
             if not future.done():
@@ -547,10 +550,14 @@ class Runtime:
                     del self._futures[row.id]
 
     def _execute_with_slot(
-        self, row: RunRow, resumed: bool, future: concurrent.futures.Future[Any]
+        self,
+        row: RunRow,
+        resumed: bool,
+        future: concurrent.futures.Future[Any],
+        workflow: Workflow[Any, Any] | None,
     ) -> None:
         try:
-            wf = self._workflow_for_run(row, import_entrypoint=False)
+            wf = workflow or self._workflow_for_run(row, import_entrypoint=False)
         except errors.WorkflowNotFoundError as exc:
             self.store.release_lease(row.id, self.owner)
             future.set_exception(exc)
@@ -577,7 +584,7 @@ class Runtime:
             exe.writer = self.store.checkpoint_writer(row.id, self.owner)
             serializer = get_serializer(row.serializer)
             inputs = serializer.loads(row.inputs)
-            ctx = RunContext(self, exe, resumed=resumed or bool(exe.checkpoints))
+            ctx = RunContext(self, exe, wf, resumed=resumed or bool(exe.checkpoints))
             hooks.emit(RunStarted(row.id, row.workflow, row.trace_id, ctx.resumed))
             scope = RunScope(row.id, row.workflow, row.trace_id, row.parent_span_id, ctx.resumed)
             with hooks.scope(scope):

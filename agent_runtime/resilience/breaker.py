@@ -701,6 +701,7 @@ class _EventListener(pybreaker.CircuitBreakerListener):
                 from_state=_FROM_PYBREAKER.get(old_state.name, CLOSED) if old_state else CLOSED,
                 to_state=_FROM_PYBREAKER[new_state.name],
                 reason=getattr(cb, "_transition_reason", ""),
+                observed=getattr(cb, "_transition_observed", False),
             )
         )
 
@@ -759,6 +760,7 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
         self._store: BreakerStore = store if store is not None else MemoryBreakerStore()
         self._key = name
         self._transition_reason = ""
+        self._transition_observed = False
         self._seen_version = -1
         self._store_warned_at = -_STORE_WARNING_INTERVAL
         exclude_types = self.config.exclude
@@ -826,11 +828,29 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
         change = functools.partial(
             _force_change, state=state, config=self.config, now=self.clock(), reason=reason
         )
-        snap, _ = self._store.update(self._key, change)
-        self._notice(snap)
+        snap, _, own = self._update(change)
+        self._notice(snap, own=own)
 
-    def _notice(self, snap: BreakerSnapshot) -> None:
-        """Bring pybreaker's cached state object up to ``snap`` (listeners hear of changes)."""
+    def _update(self, change: Any) -> tuple[BreakerSnapshot, Any, bool]:
+        """Apply ``change`` through the store; also tell whether this call made a transition."""
+        seen: dict[str, Any] = {}
+
+        def tracked(current: BreakerSnapshot) -> tuple[BreakerSnapshot | None, Any]:
+            new, result = change(current)
+            seen["base"] = current.version
+            seen["moved"] = new is not None and new.state != current.state
+            return new, result
+
+        snap, result = self._store.update(self._key, tracked)
+        own = bool(seen.get("moved")) and snap.version == seen.get("base", -2) + 1
+        return snap, result, own
+
+    def _notice(self, snap: BreakerSnapshot, *, own: bool = False) -> None:
+        """Bring pybreaker's cached state object up to ``snap`` (listeners hear of changes).
+
+        ``own`` says this instance's own write made the transition; otherwise it was observed
+        (made by another process through the shared store) and is reported as such.
+        """
         if snap.version <= self._seen_version:
             return
         with self._lock:
@@ -840,6 +860,7 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
             target = _TO_PYBREAKER[snap.state]
             if self._state.name != target:
                 self._transition_reason = snap.reason
+                self._transition_observed = not own
                 # pybreaker's setter builds the state object and notifies the listeners.
                 self.state = target
 
@@ -871,11 +892,11 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
         token = secrets.token_hex(8)
         change = functools.partial(_admit_change, config=self.config, now=self.clock(), token=token)
         try:
-            snap, verdict = self._store.update(self._key, change)
+            snap, verdict, own = self._update(change)
         except Exception as exc:
             self._store_failed("admit a call", exc)
             return _FREE
-        self._notice(snap)
+        self._notice(snap, own=own)
         if verdict == "admit":
             return _FREE
         if verdict == "probe":
@@ -935,11 +956,11 @@ class CircuitBreaker(pybreaker.CircuitBreaker):
 
     def _apply(self, change: Any) -> None:
         try:
-            snap, _ = self._store.update(self._key, change)
+            snap, _, own = self._update(change)
         except Exception as exc:
             self._store_failed("record an outcome", exc)
             return
-        self._notice(snap)
+        self._notice(snap, own=own)
 
     def _settle(self, ticket: _Ticket, error: BaseException | None) -> None:
         change = self._change_for(ticket, error)

@@ -1,8 +1,9 @@
 """The state database: runs, checkpoints, attempts, events and dead letters, on SQLModel.
 
 SQLite is the embedded default (``sqlite:///.agent_runtime/state.db``: WAL, ``synchronous=FULL``
-so a commit survives power loss, ``BEGIN IMMEDIATE`` for writes so concurrent processes queue on
-the busy timeout instead of failing); PostgreSQL (``postgresql+psycopg://...``) is the production
+so a commit survives power loss — ``normal`` is one setting away when fsync is slow —,
+``BEGIN IMMEDIATE`` for writes so concurrent processes queue on the busy timeout instead of
+failing); PostgreSQL (``postgresql+psycopg://...``) is the production
 store shared by many workers. The URL comes from ``AGENT_RUNTIME_DB`` or ``--db``.
 
 Two paths, on purpose:
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -104,15 +106,18 @@ class Transition:
     dead_letter_id: int | None = None
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # Autocommit at the driver level: SQLAlchemy's "begin" hook below issues BEGIN itself, and
-    # a lone checkpoint INSERT on the hot path commits on its own (one call, no extra COMMIT).
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute(f"PRAGMA busy_timeout={DEFAULT_SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.close()
+def _sqlite_connect_hook(synchronous: str) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Autocommit at the driver level: SQLAlchemy's "begin" hook below issues BEGIN itself,
+        # and a lone checkpoint INSERT on the hot path commits on its own (no extra COMMIT).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute(f"PRAGMA busy_timeout={DEFAULT_SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    return on_connect
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
@@ -228,6 +233,10 @@ class Store:
             (``postgresql://`` is read as psycopg 3).
         clock: Wall-clock time source (epoch seconds).
         pool_size: Connections kept open (PostgreSQL); SQLite keeps what it needs.
+        sqlite_synchronous: ``full`` (default: every commit is fsynced, it survives power
+            loss) or ``normal`` (WAL commits survive a crash of the process, kill -9 or OOM,
+            but the last ones may be lost on power loss or a kernel crash; much faster where
+            fsync is slow). Default from ``AGENT_RUNTIME_SQLITE_SYNCHRONOUS``.
 
     Raises:
         ConfigurationError: For an unsupported or malformed URL.
@@ -241,8 +250,16 @@ class Store:
         *,
         clock: Callable[[], float] = time.time,
         pool_size: int = DEFAULT_PG_POOL_SIZE,
+        sqlite_synchronous: str | None = None,
     ) -> None:
         self.url = _normalise_url(url)
+        sync = sqlite_synchronous or os.environ.get("AGENT_RUNTIME_SQLITE_SYNCHRONOUS") or "full"
+        if sync.lower() not in ("full", "normal"):
+            raise ConfigurationError(
+                f"SQLite synchronous mode must be 'full' or 'normal', got {sync!r} "
+                "(AGENT_RUNTIME_SQLITE_SYNCHRONOUS)"
+            )
+        self.sqlite_synchronous = sync.upper()
         self.clock = clock
         self.dialect = make_url(self.url).get_backend_name()
         self.engine = self._create_engine(pool_size)
@@ -279,7 +296,7 @@ class Store:
                 pool_size=max(pool_size, 5),
                 max_overflow=64,
             )
-            sa_event.listen(engine, "connect", _sqlite_on_connect)
+            sa_event.listen(engine, "connect", _sqlite_connect_hook(self.sqlite_synchronous))
             sa_event.listen(engine, "begin", _sqlite_on_begin)
             return engine
         if self.dialect == "postgresql":

@@ -330,6 +330,20 @@ def test_shared_store_shares_state(clock: FakeClock) -> None:
     assert other.status == "closed"
 
 
+def test_transitions_seen_through_a_shared_store_are_marked_observed(
+    clock: FakeClock, recorder
+) -> None:
+    """The breaker that opens reports the transition; one that only notices it marks it observed."""
+    store = MemoryBreakerStore()
+    a = CircuitBreaker("seen", BreakerConfig(failure_threshold=2), store=store, clock=clock)
+    b = CircuitBreaker("seen", BreakerConfig(failure_threshold=2), store=store, clock=clock)
+    fail(a, 2)
+    with pytest.raises(errors.CircuitOpenError):
+        b.call(lambda: 1)
+    opened = [e for e in recorder.of(BreakerStateChanged) if e.to_state == "open"]
+    assert [e.observed for e in opened] == [False, True]
+
+
 def test_manual_open_close_half_open(clock: FakeClock, recorder) -> None:
     """open(), half_open() and close() force the state and are reported."""
     breaker = CircuitBreaker("svc", clock=clock)
