@@ -102,6 +102,5 @@ def is_alive(identity: ProcessIdentity | str | None) -> bool | None:
     fields = _stat_fields(ident.pid)
     if fields and fields[0] in ("Z", "X"):
         return False  # exited, not yet reaped by its parent
-    if ident.start and fields and _start_ticks(ident.pid) != ident.start:
-        return False  # the pid was recycled by a younger process
-    return True
+    # A different start time means the pid was recycled by a younger process.
+    return not (ident.start and fields and _start_ticks(ident.pid) != ident.start)
