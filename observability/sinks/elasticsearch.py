@@ -40,7 +40,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from elastic_transport import HttpHeaders, TransportError, Urllib3HttpNode
 from elastic_transport.client_utils import DEFAULT, DefaultType
@@ -340,9 +340,17 @@ def index_template(config: ElasticsearchConfig) -> dict[str, Any]:
     }
 
 
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def _timestamp_ns(time_ns: int) -> str:
+    global _second_cache
     seconds, nanos = divmod(time_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+    cached_second, text = _second_cache
+    if seconds != cached_second:  # strftime is the costly part: once per second, not per record
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second_cache = (seconds, text)
+    return f"{text}.{nanos:09d}Z"
 
 
 def ecs_document(entry: LogEntry, env: str) -> dict[str, Any]:
@@ -397,6 +405,10 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
+
+
+# One encoder for every record: json.dumps with options builds a new encoder per call.
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_json_default)
 
 
 # -- the client ---------------------------------------------------------------------------------
@@ -482,12 +494,7 @@ class _ElasticsearchTransport:
         self.destination = f"Elasticsearch at {config.url}"
 
     def encode(self, entry: LogEntry) -> str:
-        return json.dumps(
-            ecs_document(entry, self._config.env),
-            ensure_ascii=False,
-            separators=(",", ":"),
-            default=_json_default,
-        )
+        return _ENCODER.encode(ecs_document(entry, self._config.env))
 
     def send(self, records: Sequence[str], timeout: float) -> Delivery:
         count = len(records)
@@ -496,55 +503,71 @@ class _ElasticsearchTransport:
             failure = self._install(client, count)
             if failure is not None:
                 return failure
+        results: list[tuple[bool, dict[str, Any]]] = []
         try:
-            results = list(
-                streaming_bulk(
-                    client,
-                    records,
-                    index=self._config.data_stream,
-                    chunk_size=count,
-                    raise_on_error=False,
-                    raise_on_exception=False,
-                    max_retries=0,
-                    expand_action_callback=_create_action,
-                )
-            )
+            # Whole-request failures are raised (raise_on_exception) and handled below; the
+            # per-document outcomes come back in order (raise_on_error=False).
+            for result in streaming_bulk(
+                client,
+                records,
+                index=self._config.data_stream,
+                chunk_size=count,
+                raise_on_error=False,
+                raise_on_exception=True,
+                max_retries=0,
+                expand_action_callback=_create_action,
+            ):
+                results.append(result)
+        except UnsupportedProductError:
+            return Delivery.failed(count, self._not_elasticsearch())
+        except ApiError as exc:
+            return self._sort(results, count, self._request_failure(exc))
         except TransportError as exc:
-            return Delivery.failed(count, f"cannot reach {self.destination}: {exc}")
-        return self._sort(results, count)
+            return self._sort(results, count, (True, f"cannot reach {self.destination}: {exc}"))
+        return self._sort(results, count, None)
 
-    def _sort(self, results: list[tuple[bool, dict[str, Any]]], count: int) -> Delivery:
+    def _request_failure(self, exc: ApiError) -> tuple[bool, str]:
+        # 401/403/404 mean misconfiguration: kept for later like a 5xx, not dropped.
+        status = int(exc.status_code)
+        return retryable_status(status), self._request_error(status, exc, "")
+
+    def _not_elasticsearch(self) -> str:
+        return (
+            f"the server at {self._config.url} is not Elasticsearch (no 'X-Elastic-Product: "
+            "Elasticsearch' header); check AGENT_RUNTIME_ELASTICSEARCH_URL"
+        )
+
+    def _sort(
+        self,
+        results: list[tuple[bool, dict[str, Any]]],
+        count: int,
+        unanswered: tuple[bool, str] | None,
+    ) -> Delivery:
         delivered = rejected = 0
         retry: list[int] = []
         error = ""
         for index, (ok, item) in enumerate(results):
-            info = next(iter(item.values()))
             if ok:
                 delivered += 1
                 continue
-            exc = info.get("exception")
-            if isinstance(exc, UnsupportedProductError):
-                return Delivery.failed(
-                    count,
-                    f"the server at {self._config.url} is not Elasticsearch (no "
-                    "'X-Elastic-Product: Elasticsearch' header); check "
-                    "AGENT_RUNTIME_ELASTICSEARCH_URL",
-                )
+            info = next(iter(item.values()))
             status = int(info.get("status", 500))
-            if isinstance(exc, ApiError):
-                # The whole request failed: 401/403/404 mean misconfiguration, kept for later.
-                again = retryable_status(status)
-                message = self._request_error(status, exc, "")
-            else:
-                again = status == 429 or status >= 500
-                message = (
-                    f"{self.destination} refused a document with HTTP {status}: {_item_error(info)}"
-                )
-            error = error or message
-            if again:
+            error = error or (
+                f"{self.destination} refused a document with HTTP {status}: {_item_error(info)}"
+            )
+            if status == 429 or status >= 500:
                 retry.append(index)
             else:
                 rejected += 1
+        if unanswered is not None:
+            # The documents after the last answered chunk share the request's fate.
+            again, message = unanswered
+            error = message
+            rest = range(len(results), count)
+            if again:
+                retry.extend(rest)
+            else:
+                rejected += len(rest)
         return Delivery(delivered=delivered, retry=tuple(retry), rejected=rejected, error=error)
 
     def _request_error(self, status: int, exc: ApiError, during: str) -> str:
@@ -574,11 +597,7 @@ class _ElasticsearchTransport:
         except TransportError as exc:
             return Delivery.failed(count, f"cannot reach {self.destination}: {exc}")
         except UnsupportedProductError:
-            return Delivery.failed(
-                count,
-                f"the server at {config.url} is not Elasticsearch (no 'X-Elastic-Product: "
-                "Elasticsearch' header); check AGENT_RUNTIME_ELASTICSEARCH_URL",
-            )
+            return Delivery.failed(count, self._not_elasticsearch())
         except ApiError as exc:
             status = int(exc.status_code)
             if status == 401 or status == 429 or status >= 500:
@@ -595,11 +614,18 @@ class _ElasticsearchTransport:
         self._client.close()
 
 
+_CREATE: Final = b'{"create":{}}'
+
+
 def _create_action(
     record: bytes | str | dict[str, Any],
 ) -> tuple[dict[str, Any], bytes | dict[str, Any] | None]:
-    # Records are already-encoded ECS JSON; a data stream only takes the ``create`` op.
-    return {"create": {}}, record.encode() if isinstance(record, str) else record
+    # A data stream only takes the ``create`` op. Both lines are handed over already encoded:
+    # the transport's serializers pass bytes through, so the helper does not serialize the
+    # same action object once per document. (The helper only inspects an action as a dict
+    # when it reports a whole-request failure itself, which raise_on_exception=True avoids.)
+    body = record.encode() if isinstance(record, str) else record
+    return cast("dict[str, Any]", _CREATE), body
 
 
 def _log_template_failure(config: ElasticsearchConfig, status: int, reason: str) -> None:

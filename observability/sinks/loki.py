@@ -86,6 +86,9 @@ _HIGH_CARDINALITY: Final = frozenset({"trace_id", "span_id", "run_id", "step", "
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _GZIP_LEVEL: Final = 1  # log JSON is repetitive: level 1 gets most of the ratio for little CPU
 _ERROR_BODY: Final = 300
+# Built once: json.dumps/loads with options build a new encoder/decoder per call.
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_DECODER: Final = json.JSONDecoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,15 +291,12 @@ class _LokiTransport:
             metadata = {k: str(fields[k]) for k in METADATA_FIELDS if fields.get(k) is not None}
             if metadata:
                 record["m"] = metadata
-        return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        return _ENCODER.encode(record)
 
     def send(self, records: Sequence[str], timeout: float) -> Delivery:
         count = len(records)
-        payload = self._emitter.build_payload([json.loads(r) for r in records])
-        body = gzip.compress(
-            json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(),
-            compresslevel=_GZIP_LEVEL,
-        )
+        payload = self._emitter.build_payload([_DECODER.decode(r) for r in records])
+        body = gzip.compress(_ENCODER.encode(payload).encode(), compresslevel=_GZIP_LEVEL)
         try:
             response = self._emitter.push(body, timeout)
         except requests.RequestException as exc:
