@@ -14,6 +14,11 @@ the file locked by another process past its busy timeout is retried. ``close`` d
 most its timeout; what is still queued then is dropped with ``reason="shutdown"``. The writer
 thread marks itself with :func:`~observability.records.mark_shipper_thread`, so its own log
 lines never come back into the queue.
+
+It does not reuse the Loki and Elasticsearch sinks' shipper: that one spools failed HTTP
+batches to a local file and retries them with backoff, but here the destination is itself a
+local file. A locked file is retried in place; a write the file refuses (disk full) would be
+refused by a spool on the same disk too.
 """
 
 from __future__ import annotations
