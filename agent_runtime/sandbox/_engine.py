@@ -10,6 +10,7 @@ and results can say honestly what isolated a command.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -23,6 +24,7 @@ __all__ = ["DEFAULT_DOCKER_HOST", "EngineInfo", "connect", "is_local_host"]
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 _API_TIMEOUT = 60.0
+_PROBE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +93,13 @@ def connect(docker_host: str | None = None) -> tuple[docker.DockerClient, Engine
     """
     address = docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
     try:
+        _probe_unix_socket(address)
         if docker_host is None:
             client = docker.from_env(timeout=int(_API_TIMEOUT))
         else:
             client = docker.DockerClient(base_url=docker_host, timeout=int(_API_TIMEOUT))
         info: dict[str, Any] = client.info()
-    except DockerException as exc:
+    except (DockerException, OSError) as exc:
         raise DockerUnavailableError(
             f"no Docker engine answers at {address} ({_short(exc)}). Start the engine "
             "(e.g. `dockerd &` or `systemctl start docker`), or point DOCKER_HOST at a running "
@@ -113,6 +116,16 @@ def connect(docker_host: str | None = None) -> tuple[docker.DockerClient, Engine
         security_options=tuple(info.get("SecurityOptions") or ()),
         ncpu=int(info.get("NCPU") or os.cpu_count() or 1),
     )
+
+
+def _probe_unix_socket(address: str) -> None:
+    """Fail fast on a dead unix socket (the SDK leaks its socket when that connect fails)."""
+    url = urlparse(address)
+    if url.scheme not in ("unix", "http+unix") or not url.path:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(_PROBE_TIMEOUT)
+        probe.connect(url.path)
 
 
 def _short(exc: BaseException) -> str:

@@ -402,7 +402,8 @@ class ProcessSandbox:
             "Host process, WEAKER than a container: it shares the host's kernel and filesystem "
             f"view, with no seccomp filter and no capability drop; it runs as {who}, with "
             f"rlimits (address space {format_size(spec.memory_bytes)}, "
-            f"{spec.pids} processes, CPU time), its own session killed at the deadline, "
+            f"{spec.pids} processes, CPU time), its own session killed at the deadline (a "
+            "process that starts a new session escapes that), "
             f"{network}, and {disk}."
         )
 
@@ -451,6 +452,8 @@ def _pump(stream: IO[bytes] | None, name: str, out: queue.Queue[tuple[str, bytes
             while chunk := stream.read1(65536):  # type: ignore[attr-defined]
                 out.put((name, chunk))
     finally:
+        if stream is not None:
+            stream.close()
         out.put(None)
 
 
