@@ -70,7 +70,8 @@ class StructuredHandler(logging.Handler):
 
     Args:
         service: The ``service`` field stamped on every record.
-        stream: Where lines go (default ``sys.stderr``); None writes no lines.
+        stream: Where lines go (default ``sys.stderr``); call :meth:`without_stream` to
+            write no lines (records still reach the sinks).
         fmt: ``json`` (one JSON object per line) or ``console`` (readable).
         sinks: Destinations that receive every record (never blocking).
         level: The handler's level.

@@ -230,7 +230,8 @@ LOG_SENT = Counter(
 )
 LOG_DROPPED = Counter(
     _name("log_records_dropped"),
-    "Log records a sink gave up on, by reason (queue_full, spool_full, rejected).",
+    "Log records a sink gave up on, by reason (queue_full, spool_full, spool_error, "
+    "spool_corrupt, rejected, closed, shutdown).",
     ["sink", "reason"],
 )
 LOG_RETRIED = Counter(

@@ -59,7 +59,14 @@ logged inside a span (the runtime logs on behalf of a run from outside its span)
 """
 _TRACE_FIELDS = frozenset({"trace_id", "span_id"})
 
-_shipper = threading.local()
+
+class _ShipperFlag(threading.local):
+    # A class attribute default: reading it never raises (getattr with a default on a bare
+    # threading.local raises and catches internally on every call, which costs microseconds).
+    active = False
+
+
+_shipper = _ShipperFlag()
 
 
 def mark_shipper_thread() -> None:
@@ -73,7 +80,7 @@ def mark_shipper_thread() -> None:
 
 def is_shipper_thread() -> bool:
     """Return whether the calling thread was marked with :func:`mark_shipper_thread`."""
-    return getattr(_shipper, "active", False)
+    return _shipper.active
 
 
 @contextlib.contextmanager
@@ -97,9 +104,26 @@ def bound_fields() -> Mapping[str, Any]:
     return _context.get()
 
 
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def format_timestamp(created: float) -> str:
-    """Format epoch seconds as RFC 3339 UTC with microseconds (``2026-01-02T03:04:05.123456Z``)."""
-    return datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Format epoch seconds as RFC 3339 UTC with microseconds (``2026-01-02T03:04:05.123456Z``).
+
+    The ``YYYY-MM-DDTHH:MM:SS`` prefix is cached per whole second (log calls come in bursts);
+    microseconds are rounded like ``datetime`` rounds them.
+    """
+    global _second_cache
+    second = int(created // 1)
+    micros = round((created - second) * 1_000_000)
+    if micros >= 1_000_000:
+        second += 1
+        micros -= 1_000_000
+    cached_second, prefix = _second_cache
+    if cached_second != second:
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_cache = (second, prefix)
+    return f"{prefix}.{micros:06d}Z"
 
 
 class LogEntry:
@@ -123,7 +147,7 @@ class LogEntry:
     def json(self) -> str:
         """Return the record as one line of JSON (computed once)."""
         if self._json is None:
-            self._json = json.dumps(self.fields, default=_json_default, ensure_ascii=False)
+            self._json = _ENCODER.encode(self.fields)
         return self._json
 
     @property
@@ -148,6 +172,9 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, set | frozenset | tuple):
         return list(value)
     return repr(value)
+
+
+_ENCODER = json.JSONEncoder(default=_json_default, ensure_ascii=False)
 
 
 def _exception_fields(exc_info: Any) -> dict[str, str] | None:
