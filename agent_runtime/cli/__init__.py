@@ -7,6 +7,7 @@ the commands that execute runs (``runs resume``, ``dlq retry``, ``worker``).
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
@@ -72,6 +73,58 @@ def worker(
             pass
         finally:
             rt.close()
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            help="Address to listen on (default 127.0.0.1; 0.0.0.0 to be scraped "
+            "from the Docker stack). Env: AGENT_RUNTIME_SERVICE_HOST."
+        ),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default 8787). Env: AGENT_RUNTIME_SERVICE_PORT.")
+    ] = None,
+) -> None:
+    """Serve /metrics, /healthz, /readyz, the admin flags endpoints and the runs API."""
+    import uvicorn
+
+    import observability
+    from agent_runtime.service import ServiceConfig, create_app
+
+    state: State = ctx.obj
+    obs = observability.configure()
+    state.import_apps()
+    with errors_as_messages():
+        config = ServiceConfig.from_env(host=host, port=port)
+        rt = state.runtime(recover=True)
+        application = create_app(rt, config=config, observability=obs)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                application,
+                host=config.host,
+                port=config.port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        admin = "enabled" if config.admin_token else "disabled (no AGENT_RUNTIME_ADMIN_TOKEN)"
+        logging.getLogger("agent_runtime.service").info(
+            "serving on http://%s:%d (state %s; admin endpoints %s)",
+            config.host,
+            config.port,
+            rt.store.url,
+            admin,
+        )
+        try:
+            server.run()
+        finally:
+            rt.close()
+            observability.shutdown()
 
 
 def main() -> None:
