@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from agent_runtime.cli._common import State, console, errors_as_messages
+from agent_runtime.cli.logs import logs_app
 from agent_runtime.cli.runs import dlq_app, runs_app
 
 __all__ = ["app", "main"]
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 app.add_typer(runs_app, name="runs")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(logs_app, name="logs")
 
 
 @app.callback()
