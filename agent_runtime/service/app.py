@@ -29,13 +29,22 @@ import json
 import logging
 import math
 import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
@@ -176,12 +185,17 @@ class _ObservedRequests:
         parent = propagate.extract(headers)
         started = time.perf_counter()
         status_box = {"status": 500}
-        with tracer().start_as_current_span(
+        span = tracer().start_span(
             f"{method} {route}",
             context=parent,
             kind=SpanKind.SERVER,
             attributes={"http.request.method": method, "http.route": route},
-        ) as span:
+        )
+        if not span.get_span_context().is_valid:
+            # No SDK tracer provider (tracing off): still give the request, and the runs it
+            # starts, a trace id, continuing the caller's when it sent one.
+            span = NonRecordingSpan(_fallback_context(parent))
+        with trace.use_span(span, end_on_exit=True):
             span_ctx = span.get_span_context()
             trace_id = format(span_ctx.trace_id, "032x")
             extra_headers = [
@@ -207,12 +221,7 @@ class _ObservedRequests:
                 await response(scope, receive, send_with_trace)
             else:
                 try:
-                    await self.app(scope, _limited(receive, self.max_body_bytes), send_with_trace)
-                except _BodyTooLarge:
-                    response = _error(
-                        413, f"request body is over the {self.max_body_bytes}-byte limit"
-                    )
-                    await response(scope, receive, send_with_trace)
+                    await self.app(scope, receive, send_with_trace)
                 except Exception as exc:
                     span.record_exception(exc)
                     span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
@@ -244,23 +253,10 @@ class _ObservedRequests:
                 )
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
-def _limited(receive: Receive, limit: int) -> Receive:
-    seen = 0
-
-    async def wrapped() -> Message:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise _BodyTooLarge
-        return message
-
-    return wrapped
+def _fallback_context(parent: Context) -> SpanContext:
+    incoming = trace.get_current_span(parent).get_span_context()
+    trace_id = incoming.trace_id if incoming.is_valid else secrets.randbits(128) or 1
+    return SpanContext(trace_id, secrets.randbits(64) or 1, False, TraceFlags(TraceFlags.SAMPLED))
 
 
 # -- the application ---------------------------------------------------------------------------
@@ -365,8 +361,13 @@ def create_app(
         return JSONResponse({"source": flag_store.source, "flags": reloaded.as_dict()})
 
     async def start_run(request: Request) -> Response:
+        body = bytearray()
+        async for chunk in request.stream():  # chunked bodies have no Content-Length to check
+            body += chunk
+            if len(body) > cfg.max_body_bytes:
+                return _error(413, f"request body is over the {cfg.max_body_bytes}-byte limit")
         try:
-            payload = json.loads(await request.body() or b"null")
+            payload = json.loads(bytes(body) or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return _error(400, f"request body is not valid JSON: {exc}")
         if not isinstance(payload, dict) or not isinstance(payload.get("workflow"), str):
