@@ -48,8 +48,9 @@ class SandboxResult:
 
     Attributes:
         reason: Why it ended.
-        exit_code: The command's exit code (``128 + signal`` when a signal ended it; None when
-            it never started).
+        exit_code: The command's exit code (``128 + signal`` when a signal ended it); None when
+            no status came back (the sandbox was killed at the deadline or cancelled, or the
+            command never started).
         duration_s: Wall-clock seconds from the command's start to its end.
         peak_memory_bytes: The sandbox's peak memory use, when the backend can measure it.
         stdout: Standard output, decoded as UTF-8; when over ``output_limit`` the head and the

@@ -40,7 +40,7 @@ def test_commands_run_hardened_by_default(docker_sandbox: DockerSandbox) -> None
     assert status["NoNewPrivs"] == "1"
     assert status["Seccomp"] == ("2" if docker_sandbox.engine.seccomp else "0")
     assert "docker-init" in lines[5]
-    assert "sleep infinity" in lines[5]
+    assert "/bin/sh -c" in lines[5]  # the launcher, under the init
     assert lines[6] == "/workspace"
     assert result.backend == "docker"
     if docker_sandbox.engine.seccomp:
