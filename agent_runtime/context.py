@@ -63,9 +63,13 @@ _STOP = (errors.StaleLeaseError, errors.RunTimeoutError, KeyboardInterrupt, Syst
 
 
 def step_name(fn: Callable[..., Any]) -> str:
-    """Return the default step name of ``fn``: its qualified name."""
+    """Return the default step name of ``fn``: its qualified name without ``<locals>``.
+
+    ``Client.fetch`` for a method, ``handler.parse`` for a function defined inside ``handler``.
+    """
     target = fn.func if isinstance(fn, functools.partial) else fn
-    return getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or repr(fn)
+    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
+    return name.replace("<locals>.", "") if name else repr(fn)
 
 
 def _is_async_callable(fn: Callable[..., Any]) -> bool:

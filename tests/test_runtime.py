@@ -95,8 +95,8 @@ def test_sync_workflow_checkpoints_each_step(rt: Runtime) -> None:
     assert handle.status is RunStatus.SUCCESS
     steps = rt.store.load_steps(handle.id)
     assert [(s.position, s.name, s.output) for s in steps.values()] == [
-        (0, "test_sync_workflow_checkpoints_each_step.<locals>.double", "6"),
-        (1, "test_sync_workflow_checkpoints_each_step.<locals>.double", "12"),
+        (0, "test_sync_workflow_checkpoints_each_step.double", "6"),
+        (1, "test_sync_workflow_checkpoints_each_step.double", "12"),
     ]
     moves = [(e.from_status, e.to_status) for e in rt.store.events(handle.id)]
     assert moves == [(None, "pending"), ("pending", "running"), ("running", "success")]
@@ -172,8 +172,9 @@ def test_resume_does_not_rerun_committed_steps(db_url: str) -> None:
 
     handle = first.start(wf)
     deadline = time.monotonic() + 10
-    while len(first.store.load_steps(handle.id)) < 2 and time.monotonic() < deadline:
+    while calls["slow"] < 1 and time.monotonic() < deadline:  # inside the third step
         time.sleep(0.01)
+    assert len(first.store.load_steps(handle.id)) == 2
     first.close(timeout=0)  # hand the run over: its lease is released, its thread fenced
     second = Runtime(db_url, recover=False)
     resumed = second.resume(handle.id)
@@ -377,7 +378,7 @@ def test_exhausted_retries_write_a_complete_dead_letter(rt: Runtime, recorder: R
     assert all(a["error_type"] == "TimeoutError" and a["at"] > 0 for a in entry.attempts)
     assert (entry.last_checkpoint_position, entry.last_checkpoint_step) == (
         1,
-        "test_exhausted_retries_write_a_complete_dead_letter.<locals>.ok",
+        "test_exhausted_retries_write_a_complete_dead_letter.ok",
     )
     assert '"O-1"' in entry.inputs
     assert [e.run_id for e in recorder.of(DeadLettered)] == [handle.id]
