@@ -84,7 +84,7 @@ from agent_runtime.sandbox.labels import (
 from agent_runtime.sandbox.labels import state_dir as _state_dir
 from agent_runtime.sandbox.pool import WarmPool
 from agent_runtime.sandbox.result import DiskLimitMechanism, SandboxResult, TerminationReason
-from agent_runtime.sandbox.spec import SandboxSpec, format_size, parse_user
+from agent_runtime.sandbox.spec import SandboxSpec, check_env, format_size, parse_user
 
 __all__ = ["DiskMode", "DockerSandbox", "argv_of", "trace_id_of"]
 
@@ -713,6 +713,7 @@ class DockerSandbox:
     ) -> SandboxResult:
         spec = spec or self.spec
         argv = argv_of(command)
+        env = check_env(env)
         if workspace is not None:
             workspace = Path(workspace)
             if not workspace.is_dir() or workspace.is_symlink():

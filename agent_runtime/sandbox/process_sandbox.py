@@ -39,7 +39,7 @@ from agent_runtime.sandbox._output import OutputCollector
 from agent_runtime.sandbox.docker_sandbox import argv_of
 from agent_runtime.sandbox.labels import owner_id, state_dir
 from agent_runtime.sandbox.result import DiskLimitMechanism, SandboxResult, TerminationReason
-from agent_runtime.sandbox.spec import SandboxSpec, format_size
+from agent_runtime.sandbox.spec import SandboxSpec, check_env, format_size
 
 __all__ = ["ProcessSandbox"]
 
@@ -138,6 +138,7 @@ class ProcessSandbox:
         """
         spec = spec or self.spec
         argv = argv_of(command)
+        env = check_env(env)
         if spec.allow:
             raise ConfigurationError(
                 "ProcessSandbox cannot enforce an egress allowlist (its commands get no network "

@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_USER",
     "AllowRule",
     "SandboxSpec",
+    "check_env",
     "format_size",
     "parse_allow",
     "parse_size",
@@ -257,6 +258,33 @@ def parse_user(user: str) -> tuple[int, int]:
     return uid, gid
 
 
+def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """Validate environment variables for a sandboxed command.
+
+    Args:
+        env: Names (shell identifiers) to string values.
+
+    Returns:
+        A plain copy.
+
+    Raises:
+        ConfigurationError: For a name that is not an identifier, or a non-string or NUL value.
+    """
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise ConfigurationError(f"env must be a mapping of names to strings, got {env!r}")
+    out = dict(env)
+    for key, value in out.items():
+        if not isinstance(key, str) or not _ENV_NAME_RE.match(key):
+            raise ConfigurationError(
+                f"env name {key!r} is not a valid variable name (letters, digits, '_')"
+            )
+        if not isinstance(value, str) or "\0" in value:
+            raise ConfigurationError(f"env {key}={value!r}: values must be strings without NUL")
+    return out
+
+
 def _check_number(name: str, value: Any, *, low: float, high: float, accepted: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigurationError(f"{name} {value!r} is not a number; {accepted}")
@@ -334,15 +362,7 @@ class SandboxSpec:
             )
         parse_allow(self.allow)  # before tuple(): a bare string must not become characters
         object.__setattr__(self, "allow", tuple(self.allow) if self.allow else ())
-        if not isinstance(self.env, Mapping):
-            raise ConfigurationError(f"env must be a mapping of names to strings, got {self.env!r}")
-        env = dict(self.env)
-        for key, value in env.items():
-            if not isinstance(key, str) or not _ENV_NAME_RE.match(key):
-                raise ConfigurationError(f"env name {key!r} is not a valid variable name")
-            if not isinstance(value, str) or "\0" in value:
-                raise ConfigurationError(f"env {key}={value!r}: values must be strings without NUL")
-        object.__setattr__(self, "env", MappingProxyType(env))
+        object.__setattr__(self, "env", MappingProxyType(check_env(self.env)))
         parse_user(self.user)
         if self.runtime is not None and (not isinstance(self.runtime, str) or not self.runtime):
             raise ConfigurationError(f"runtime {self.runtime!r} must be a runtime name or None")

@@ -290,6 +290,24 @@ def test_cpus_beyond_the_engine_are_refused(docker_sandbox: DockerSandbox) -> No
         docker_sandbox.run("true", spec=_spec(cpus=docker_sandbox.engine.ncpu + 1))
 
 
+@pytest.mark.parametrize(
+    ("command", "env"),
+    [
+        ([], None),
+        (["ok", 1], None),
+        ("", None),
+        (["true"], {"BAD-NAME": "x"}),
+        (["true"], {"A": 1}),
+    ],
+)
+def test_bad_command_or_env_is_refused(
+    docker_sandbox: DockerSandbox, command: Any, env: Any
+) -> None:
+    """Empty commands, non-string arguments and bad variable names are configuration errors."""
+    with pytest.raises(ConfigurationError):
+        docker_sandbox.run(command, env=env)
+
+
 def test_bad_workspace_is_refused(docker_sandbox: DockerSandbox, tmp_path: Path) -> None:
     """A workspace that is not a directory is a configuration error."""
     with pytest.raises(ConfigurationError, match="existing directory"):

@@ -96,3 +96,32 @@ def test_warm_allowlisted_container_binds_its_run(
     assert result.warm
     assert result.stdout.strip() == "hello from /warm"
     warm_sandbox.prewarm(spec, 0)
+
+
+def test_concurrent_runs_keep_their_own_output_and_workspace(
+    warm_sandbox: DockerSandbox, tmp_path: Path
+) -> None:
+    """Runs started together (warm and cold) never see each other's output or files."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workspaces = []
+    for index in range(4):
+        workspace = tmp_path / f"ws{index}"
+        workspace.mkdir()
+        (workspace / "who").write_text(str(index))
+        workspaces.append(workspace)
+
+    def one(index: int) -> tuple[int, str, str]:
+        result = warm_sandbox.run(
+            'cat who; echo; echo "$WHO" > seen; ls',
+            workspace=workspaces[index],
+            env={"WHO": str(index)},
+        )
+        assert result.ok, result.stderr
+        return index, result.stdout, (workspaces[index] / "seen").read_text()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(pool.map(one, range(4)))
+    for index, stdout, seen in outcomes:
+        assert stdout.splitlines() == [str(index), "seen", "who"]
+        assert seen == f"{index}\n"
