@@ -87,6 +87,20 @@ class LoopDisk:
         Raises:
             SandboxError: When the host lacks the space, or formatting or mounting fails.
         """
+        disk = cls.allocate(disks_dir, size, owner=owner, creator=creator)
+        disk.format_and_mount(uid=uid, gid=gid)
+        return disk
+
+    @classmethod
+    def allocate(cls, disks_dir: Path, size: int, *, owner: str, creator: str) -> LoopDisk:
+        """Reserve the directory, the sparse image and the mount point (not yet mounted).
+
+        Split from ``format_and_mount`` so a container can be created (it only needs the mount
+        point's path) while the image is formatted.
+
+        Raises:
+            SandboxError: When the host lacks the space.
+        """
         disks_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         free = shutil.disk_usage(disks_dir).free
         if free < size + _HOST_RESERVE:
@@ -102,6 +116,18 @@ class LoopDisk:
             with open(disk.image, "wb") as fh:
                 fh.truncate(size)
             disk.mount.mkdir(mode=0o755)
+        except BaseException:
+            disk.destroy()
+            raise
+        return disk
+
+    def format_and_mount(self, *, uid: int, gid: int) -> None:
+        """Format the image as ext4 with its root owned by ``uid:gid`` and mount it.
+
+        Raises:
+            SandboxError: When formatting or mounting fails (the disk is destroyed).
+        """
+        try:
             made = _run(
                 [
                     "mkfs.ext4",
@@ -113,20 +139,19 @@ class LoopDisk:
                     "^has_journal",
                     "-E",
                     f"root_owner={uid}:{gid},nodiscard",
-                    str(disk.image),
+                    str(self.image),
                 ]
             )
             if made.returncode != 0:
-                raise SandboxError(f"mkfs.ext4 failed for {disk.image}: {made.stderr.strip()}")
-            mounted = _run(["mount", "-o", "loop,nosuid,nodev", str(disk.image), str(disk.mount)])
+                raise SandboxError(f"mkfs.ext4 failed for {self.image}: {made.stderr.strip()}")
+            mounted = _run(["mount", "-o", "loop,nosuid,nodev", str(self.image), str(self.mount)])
             if mounted.returncode != 0:
-                raise SandboxError(f"mounting {disk.image} failed: {mounted.stderr.strip()}")
+                raise SandboxError(f"mounting {self.image} failed: {mounted.stderr.strip()}")
             with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(disk.mount / "lost+found")
+                shutil.rmtree(self.mount / "lost+found")
         except BaseException:
-            disk.destroy()
+            self.destroy()
             raise
-        return disk
 
     def destroy(self) -> None:
         """Unmount the image (lazily if still busy) and delete its directory; idempotent."""

@@ -46,7 +46,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -301,6 +301,7 @@ class DockerSandbox:
         self._boxes: set[_Box] = set()
         self._closed = False
         self._cleanup = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sandbox-cleanup")
+        self._prep = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sandbox-disk")
         self._pool: WarmPool[_Key, _Box] = WarmPool(
             partial(self._create_box, warm=True), self._destroy_box
         )
@@ -455,6 +456,7 @@ class DockerSandbox:
             switch.fire("closed")
         self._pool.close()
         self._cleanup.shutdown(wait=True)
+        self._prep.shutdown(wait=True)
         with self._lock:
             leftovers = list(self._boxes)
         for box in leftovers:  # a run still finishing, or a removal that failed
@@ -596,21 +598,24 @@ class DockerSandbox:
         tmpfs = {"/tmp": f"rw,noexec,nosuid,nodev,size={key.tmp},mode=1777"}
         binds: dict[str, dict[str, str]] = {}
         disk = None
+        formatting: Future[None] | None = None
         if self._loop:
-            disk = LoopDisk.create(
-                self._disks_dir,
-                key.disk,
-                uid=uid,
-                gid=gid,
-                owner=self.owner,
-                creator=self._identity,
+            disk = LoopDisk.allocate(
+                self._disks_dir, key.disk, owner=self.owner, creator=self._identity
             )
+            # Formatted and mounted while the container is created (it must be before start).
+            try:
+                formatting = self._prep.submit(disk.format_and_mount, uid=uid, gid=gid)
+            except RuntimeError:  # closing
+                disk.destroy()
+                raise SandboxError("this DockerSandbox is closed; create a new one") from None
             labels[LABEL_DISK] = str(disk.root)
             binds[str(disk.mount)] = {"bind": _WORKSPACE, "mode": "rw"}
         else:
             tmpfs[_WORKSPACE] = (
                 f"rw,exec,nosuid,nodev,size={key.disk},uid={uid},gid={gid},mode=0700"
             )
+        container_id: str | None = None
         try:
             host_config = self._api.create_host_config(
                 init=True,
@@ -642,7 +647,15 @@ class DockerSandbox:
                 host_config=host_config,
             )
             container_id = str(created["Id"])
+            if formatting is not None:
+                formatting.result()
         except BaseException as exc:
+            if formatting is not None:
+                with contextlib.suppress(BaseException):
+                    formatting.result()  # never unmount under a mount still in progress
+            if container_id is not None:
+                with contextlib.suppress(DockerException):
+                    self._api.remove_container(container_id, force=True)
             if disk is not None:
                 disk.destroy()
             if isinstance(exc, DockerException):
