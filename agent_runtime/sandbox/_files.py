@@ -187,16 +187,35 @@ def _update_file(
     existing: os.stat_result,
     budget: _Budget,
 ) -> None:
+    """Bring one existing host file up to date, touching it only where it differs.
+
+    An unchanged file keeps its ctime, so stat-based change tracking does not re-read it.
+    """
+    wanted_mode = st.st_mode & _PERM_MASK
     src = os.open(name, _READ_FLAGS, dir_fd=src_dir)
     try:
-        dst = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dst_dir)
+        changed = existing.st_size != st.st_size
+        if not changed:
+            dst = os.open(name, _READ_FLAGS, dir_fd=dst_dir)
+            try:
+                changed = not _same_content(src, dst)
+            finally:
+                os.close(dst)
+        if not changed and stat.S_IMODE(existing.st_mode) == wanted_mode:
+            if existing.st_mtime_ns != st.st_mtime_ns:
+                os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst_dir)
+            return
+        if changed and not existing.st_mode & stat.S_IWUSR and os.geteuid() != 0:
+            # Only the runtime writes the host workspace (the sandbox works on its own copy),
+            # and lstat said this is a regular file: making it writable by path is safe.
+            os.chmod(name, stat.S_IMODE(existing.st_mode) | stat.S_IWUSR, dir_fd=dst_dir)
+        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_TRUNC if changed else 0)
+        dst = os.open(name, flags, dir_fd=dst_dir)
         try:
-            if existing.st_size != st.st_size or not _same_content(src, dst):
+            if changed:
                 os.lseek(src, 0, os.SEEK_SET)
-                os.ftruncate(dst, 0)
-                os.lseek(dst, 0, os.SEEK_SET)
                 _copy_bytes(src, dst, budget)
-            os.fchmod(dst, st.st_mode & _PERM_MASK)
+            os.fchmod(dst, wanted_mode)
             os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
         finally:
             os.close(dst)
@@ -234,8 +253,11 @@ def _sync_dir(src_dir: int, dst_dir: int, owner: tuple[int, int] | None, b: _Bud
                 _sync_dir(child_src, child_dst, owner, b)
                 if existing is None:
                     _chown(child_dst, owner)
-                os.fchmod(child_dst, st.st_mode & _PERM_MASK)
-                os.utime(child_dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+                now = os.fstat(child_dst)
+                if stat.S_IMODE(now.st_mode) != st.st_mode & _PERM_MASK:
+                    os.fchmod(child_dst, st.st_mode & _PERM_MASK)
+                if now.st_mtime_ns != st.st_mtime_ns:
+                    os.utime(child_dst, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def sync_tree_back(src: Path, dst: Path, *, limit: int | None) -> int:

@@ -169,3 +169,35 @@ def test_get_file_missing_is_not_found(tmp_path: Path) -> None:
     """A missing file raises NotFoundError naming it."""
     with pytest.raises(NotFoundError, match=r"nope\.txt"):
         read_file(tmp_path, "nope.txt")
+
+
+def test_sync_back_leaves_unchanged_files_untouched(workspace: Path, tmp_path: Path) -> None:
+    """Files the sandbox did not change keep their inode and ctime (cheap change tracking)."""
+    box = tmp_path / "box"
+    box.mkdir()
+    copy_tree_in(workspace, box, owner=None, limit=1 << 20)
+    before = (workspace / "src" / "main.py").stat()
+    (box / "run.sh").write_text("#!/bin/sh\necho changed\n")
+    sync_tree_back(box, workspace, limit=1 << 20)
+    after = (workspace / "src" / "main.py").stat()
+    assert (after.st_ino, after.st_ctime_ns, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_ctime_ns,
+        before.st_mtime_ns,
+    )
+    assert (workspace / "run.sh").read_text().endswith("changed\n")
+
+
+def test_sync_back_rewrites_a_read_only_host_file(tmp_path: Path) -> None:
+    """A changed file that is read-only on the host is still updated, with the new mode."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "ro.txt").write_text("old")
+    (workspace / "ro.txt").chmod(0o444)
+    box = tmp_path / "box"
+    box.mkdir()
+    (box / "ro.txt").write_text("new content")
+    (box / "ro.txt").chmod(0o440)
+    sync_tree_back(box, workspace, limit=1 << 20)
+    assert (workspace / "ro.txt").read_text() == "new content"
+    assert stat.S_IMODE((workspace / "ro.txt").stat().st_mode) == 0o440
