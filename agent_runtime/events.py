@@ -52,6 +52,7 @@ __all__ = [
     "Scope",
     "StepFinished",
     "StepScope",
+    "WorkflowRegistered",
     "WorkspaceRolledBack",
     "hooks",
 ]
@@ -67,6 +68,14 @@ class Event:
     """Base class of every event. ``kind`` is a stable dotted name used in logs."""
 
     kind: ClassVar[str] = "event"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRegistered(Event):
+    """A workflow was registered in this process (metrics start its series at zero)."""
+
+    kind: ClassVar[str] = "workflow.registered"
+    workflow: str
 
 
 @dataclass(frozen=True, slots=True)

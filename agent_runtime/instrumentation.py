@@ -158,7 +158,20 @@ class ObservabilityHook:
 
     def on_event(self, event: ev.Event) -> None:
         """Update metrics and log for ``event``."""
-        if isinstance(event, ev.StepFinished):
+        if isinstance(event, ev.WorkflowRegistered):
+            # Start the workflow's series at zero: rate() cannot see the first increments of a
+            # series that appears already at its first value (a burst of failures would never
+            # fire the failure-ratio alerts).
+            wf = event.workflow
+            for resumed in ("false", "true"):
+                m.RUNS_STARTED.labels(wf, resumed)
+            for status in ("success", "failed"):
+                m.RUNS_FINISHED.labels(wf, status)
+            for outcome in ("success", "replayed", "failed"):
+                m.STEPS.labels(wf, outcome)
+            m.DLQ_ENTRIES.labels(wf)
+            m.RUNS_RECOVERED.labels(wf)
+        elif isinstance(event, ev.StepFinished):
             wf = event.workflow or "-"
             m.STEPS.labels(wf, event.outcome).inc()
             if event.outcome != "replayed":

@@ -47,6 +47,7 @@ from agent_runtime.events import (
     RunScope,
     RunStarted,
     RunTransitioned,
+    WorkflowRegistered,
     hooks,
 )
 from agent_runtime.resilience.policy import AttemptRecord, RetryPolicy
@@ -379,6 +380,7 @@ class Runtime:
                     "recovered by name now execute the new one",
                     wf_name,
                 )
+            hooks.emit(WorkflowRegistered(wf_name))
             self._wake.set()  # a new workflow may make orphaned runs recoverable
             return wf
 
