@@ -25,14 +25,15 @@ drivers only differ in how they call, wait and sleep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent_runtime import errors
@@ -44,6 +45,10 @@ from agent_runtime.events import (
     StepScope,
     hooks,
 )
+from agent_runtime.flags import current as current_flags
+from agent_runtime.resilience.breaker import CircuitBreaker
+from agent_runtime.resilience.fallback import Alternative, FallbackChain, FallbackResult
+from agent_runtime.resilience.limiter import Limiter
 from agent_runtime.resilience.policy import AttemptRecord, RetryDecision, RetryPolicy
 from agent_runtime.state.machine import RunStatus
 from agent_runtime.state.models import RunRow, StepRow
@@ -51,7 +56,9 @@ from agent_runtime.state.serialization import Serializer, checksum, encode, get_
 
 if TYPE_CHECKING:
     from agent_runtime.runtime import Runtime, Workflow
+    from agent_runtime.sandbox.run_sandbox import RunSandbox
     from agent_runtime.state.store import CheckpointWriter
+    from agent_runtime.workspace import Workspace
 
 __all__ = ["RunContext", "step_name"]
 
@@ -98,6 +105,7 @@ class Execution:
     loop: asyncio.AbstractEventLoop | None = None
     task: asyncio.Task[Any] | None = None
     started_monotonic: float = field(default_factory=time.monotonic)
+    ctx: RunContext | None = None
 
     @property
     def run_id(self) -> str:
@@ -143,6 +151,9 @@ class _StepCall:
     policy: RetryPolicy
     timeout: float | None
     serializer: Serializer
+    breaker: CircuitBreaker | None = None
+    limiter: Limiter | None = None
+    fallback: FallbackChain[Any] | None = None
 
 
 class RunContext:
@@ -173,6 +184,9 @@ class RunContext:
         self.generation = execution.run.generation
         self.resumed = resumed
         self._extensions: dict[str, Any] = {}
+        self._workspace: Workspace | None = None
+        self._sandbox: RunSandbox | None = None
+        execution.ctx = self
 
     def __repr__(self) -> str:
         return f"RunContext(run_id={self.run_id!r}, workflow={self.workflow!r})"
@@ -184,6 +198,52 @@ class RunContext:
             logging.getLogger(f"agent_runtime.workflow.{self.workflow}"),
             {"run_id": self.run_id, "workflow": self.workflow},
         )
+
+    @property
+    def workspace(self) -> Workspace:
+        """The run's workspace (created on first use; the sandbox sees it at ``/workspace``)."""
+        return self._open_workspace()
+
+    @property
+    def sandbox(self) -> RunSandbox:
+        """The run's sandbox: ``ctx.sandbox.run(cmd, spec=SandboxSpec(...))``."""
+        if self._sandbox is None:
+            from agent_runtime.sandbox.run_sandbox import RunSandbox
+
+            self._sandbox = RunSandbox(self, self._runtime, self._open_workspace)
+        return self._sandbox
+
+    def _open_workspace(self) -> Workspace:
+        if self._workspace is None:
+            from agent_runtime.sandbox.run_sandbox import open_workspace
+
+            workspace = open_workspace(
+                self._runtime, self.run_id, auto_rollback=self._runtime.auto_rollback()
+            )
+            if self.resumed:
+                self._restore_to_checkpoint(workspace)
+            self._workspace = workspace
+        return self._workspace
+
+    def _restore_to_checkpoint(self, workspace: Workspace) -> None:
+        """Undo what a step in flight at a crash left in the workspace (it will run again)."""
+        committed = max(self._exe.checkpoints, default=-1)
+        positions = [s.position for s in workspace.snapshots() if s.position <= committed]
+        if positions:
+            workspace.rollback(max(positions), automatic=True)
+
+    def _run_failed(self) -> None:
+        """Roll the workspace back when the run failed (if it has one and it is configured)."""
+        workspace = self._workspace
+        if workspace is None:
+            from agent_runtime.sandbox.run_sandbox import has_workspace, open_workspace
+
+            if not has_workspace(self._runtime, self.run_id):
+                return
+            workspace = open_workspace(
+                self._runtime, self.run_id, auto_rollback=self._runtime.auto_rollback()
+            )
+        workspace.on_run_failed()
 
     def extension(self, name: str, factory: Callable[[], T]) -> T:
         """Return the per-run object ``name``, creating it with ``factory`` on first use."""
@@ -202,6 +262,11 @@ class RunContext:
         timeout: float | None = None,
         name: str | None = None,
         serializer: Serializer | None = None,
+        breaker: CircuitBreaker | None = None,
+        limiter: Limiter | None = None,
+        fallback: Sequence[Callable[..., Any] | Alternative[Any]]
+        | FallbackChain[Any]
+        | None = None,
         **kwargs: Any,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` as a checkpointed step.
@@ -217,9 +282,19 @@ class RunContext:
             timeout: Timeout of each attempt, in seconds (None: bounded by the run's deadline).
             name: Step name recorded in the checkpoint (default: ``fn``'s qualified name).
             serializer: Serializer of the result (default: the workflow's, JSON).
-            **kwargs: Keyword arguments for ``fn``. The names ``retry``, ``timeout``, ``name``
-                and ``serializer`` are reserved; wrap ``fn`` in ``functools.partial`` to pass
-                arguments with those names.
+            breaker: A circuit breaker every attempt passes through; while it is open an
+                attempt fails fast with ``CircuitOpenError`` and the retry waits until it
+                half-opens.
+            limiter: A limiter every attempt takes a slot of (a refusal is retried after its
+                ``retry_after``).
+            fallback: Alternatives tried in order, in each attempt, when ``fn`` fails or its
+                breaker is open: functions, :class:`Alternative` objects (each with its own
+                breaker), or a whole :class:`FallbackChain` (then ``fn`` is not called: the
+                chain is the step). Which alternative served, and why the others did not, is
+                recorded as a ``fallback`` event of the run.
+            **kwargs: Keyword arguments for ``fn``. The names ``retry``, ``timeout``, ``name``,
+                ``serializer``, ``breaker``, ``limiter`` and ``fallback`` are reserved; wrap
+                ``fn`` in ``functools.partial`` to pass arguments with those names.
 
         Returns:
             The step's value (or, in an async workflow, an awaitable of it).
@@ -234,15 +309,19 @@ class RunContext:
         """
         if timeout is not None and timeout <= 0:
             raise errors.ConfigurationError(f"step timeout must be > 0 seconds, got {timeout}")
+        step = name or step_name(fn)
         call = _StepCall(
             position=self._exe.next_position(),
-            name=name or step_name(fn),
+            name=step,
             fn=fn,
             args=args,
             kwargs=kwargs,
             policy=retry or self._wf.retry or self._runtime.retry,
             timeout=timeout if timeout is not None else (retry.attempt_timeout if retry else None),
             serializer=serializer or self._wf.serializer,
+            breaker=breaker,
+            limiter=limiter,
+            fallback=_chain(step, fn, breaker, fallback),
         )
         if self._wf.is_async:
             return self._step_async(call)
@@ -303,6 +382,10 @@ class RunContext:
         )
         digest = checksum(self.run_id, call.position, call.name, call.serializer.name, payload)
         self._exe.check()
+        if self._workspace is not None:
+            # Before the checkpoint: a crash in between leaves a snapshot ahead of the
+            # checkpoints, never a committed step whose files were not recorded.
+            self._workspace.snapshot(call.position, call.name)
         writer = self._exe.writer
         assert writer is not None, "execution has no checkpoint writer"
         duration = time.perf_counter() - started
@@ -469,6 +552,24 @@ class RunContext:
                 return self._commit(call, value, attempt, started)
 
     def _call_sync(self, call: _StepCall, attempt: int) -> Any:
+        if call.breaker is None and call.limiter is None and call.fallback is None:
+            return self._call_plain_sync(call, attempt)
+        flags = current_flags()
+        limiter = call.limiter if flags.limiter_enabled else None
+        with limiter.slot() if limiter is not None else contextlib.nullcontext():
+            if call.fallback is not None and flags.fallback_enabled:
+                result = call.fallback.run(
+                    lambda alt: self._call_plain_sync(
+                        replace(call, fn=_guarded(alt, flags.breaker_enabled)), attempt
+                    )
+                )
+                self._record_fallback(call, result)
+                return result.value
+            if call.breaker is not None and flags.breaker_enabled:
+                return call.breaker.call(self._call_plain_sync, call, attempt)
+            return self._call_plain_sync(call, attempt)
+
+    def _call_plain_sync(self, call: _StepCall, attempt: int) -> Any:
         if _is_async_callable(call.fn):
             timeout = self._attempt_timeout(call)
             expired = {"value": False}
@@ -567,6 +668,44 @@ class RunContext:
                 return self._commit(call, value, attempt, started)
 
     async def _call_async(self, call: _StepCall, attempt: int) -> Any:
+        if call.breaker is None and call.limiter is None and call.fallback is None:
+            return await self._call_plain_async(call, attempt)
+        flags = current_flags()
+        limiter = call.limiter if flags.limiter_enabled else None
+        async with limiter.slot_async() if limiter is not None else contextlib.nullcontext():
+            if call.fallback is not None and flags.fallback_enabled:
+                result = await call.fallback.run_async(
+                    lambda alt: self._call_plain_async(
+                        replace(call, fn=_guarded_async(alt, flags.breaker_enabled)), attempt
+                    )
+                )
+                self._record_fallback(call, result)
+                return result.value
+            if call.breaker is not None and flags.breaker_enabled:
+                breaker = call.breaker
+
+                async def attempt_call() -> Any:
+                    return await self._call_plain_async(call, attempt)
+
+                return await breaker.call_async(attempt_call)
+            return await self._call_plain_async(call, attempt)
+
+    def _record_fallback(self, call: _StepCall, result: FallbackResult[Any]) -> None:
+        if not result.fell_back:
+            return
+        why = "; ".join(
+            f"{o.name} {o.outcome}" + (f" ({o.reason})" if o.reason else "")
+            for o in result.outcomes
+            if o.outcome != "not_tried"
+        )
+        self._runtime.store.record_event(
+            self.run_id,
+            "fallback",
+            f"step {call.name} (#{call.position}) served by {result.served}: {why}",
+            owner=self._exe.owner,
+        )
+
+    async def _call_plain_async(self, call: _StepCall, attempt: int) -> Any:
         timeout = self._attempt_timeout(call)
         if _is_async_callable(call.fn):
             awaitable: Awaitable[Any] = call.fn(*call.args, **call.kwargs)
@@ -592,3 +731,53 @@ class RunContext:
                     extra={"run_id": self.run_id, "step": call.name, "attempt": attempt},
                 )
             raise self._timeout_error(call, attempt) from None
+
+
+def _chain(
+    step: str,
+    fn: Callable[..., Any],
+    breaker: CircuitBreaker | None,
+    fallback: Sequence[Callable[..., Any] | Alternative[Any]] | FallbackChain[Any] | None,
+) -> FallbackChain[Any] | None:
+    """Build the step's fallback chain: ``fn`` (behind ``breaker``) first, then the fallbacks."""
+    if fallback is None:
+        return None
+    if isinstance(fallback, FallbackChain):
+        return fallback
+    alternatives: list[Alternative[Any]] = [Alternative(step, fn, breaker)]
+    for item in fallback:
+        if isinstance(item, Alternative):
+            alternatives.append(item)
+        elif callable(item):
+            alternatives.append(Alternative(step_name(item), item))
+        else:
+            raise errors.ConfigurationError(
+                f"fallback of step {step!r} must hold functions or Alternative objects, got "
+                f"{type(item).__name__}"
+            )
+    return FallbackChain(step, alternatives)
+
+
+def _guarded(alt: Alternative[Any], breakers_on: bool) -> Callable[..., Any]:
+    """The alternative's function, passing through its breaker when breakers are on."""
+    breaker = alt.breaker if breakers_on else None
+    if breaker is None:
+        return alt.fn
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return breaker.call(alt.fn, *args, **kwargs)
+
+    return call
+
+
+def _guarded_async(alt: Alternative[Any], breakers_on: bool) -> Callable[..., Any]:
+    breaker = alt.breaker if breakers_on else None
+    if breaker is None:
+        return alt.fn
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        if _is_async_callable(alt.fn):
+            return await breaker.call_async(alt.fn, *args, **kwargs)
+        return await asyncio.to_thread(breaker.call, alt.fn, *args, **kwargs)
+
+    return call

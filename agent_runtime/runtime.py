@@ -33,7 +33,8 @@ import traceback
 import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, ParamSpec, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Generic, ParamSpec, TypeVar
 
 from opentelemetry import trace as otel_trace
 
@@ -63,6 +64,10 @@ from agent_runtime.state.serialization import (
 )
 from agent_runtime.state.store import DEFAULT_DB_URL, Store, Transition, dump_attempts
 from agent_runtime.state.views import RunInfo
+from agent_runtime.workspace.config import DEFAULT_STATE_DIR
+
+if TYPE_CHECKING:
+    from agent_runtime.sandbox.protocol import Sandbox
 
 __all__ = [
     "DEFAULT_LEASE_TTL",
@@ -256,6 +261,11 @@ class Runtime:
         timeout_grace: Seconds after a missed deadline before a stuck execution is abandoned.
         sqlite_synchronous: ``full`` or ``normal`` for a SQLite store (see
             :class:`~agent_runtime.state.store.Store`).
+        state_dir: Where workspaces, their blobs and sandbox disks live (default
+            ``AGENT_RUNTIME_STATE_DIR``, else ``.agent_runtime``).
+        sandbox: The sandbox backend of ``ctx.sandbox`` (default: a
+            :class:`~agent_runtime.sandbox.DockerSandbox` created on first use; pass a
+            :class:`~agent_runtime.sandbox.ProcessSandbox` explicitly to run without Docker).
 
     Raises:
         ConfigurationError: A bad URL or argument.
@@ -279,6 +289,8 @@ class Runtime:
         async_sleep: Callable[[float], Coroutine[Any, Any, None]] | None = None,
         timeout_grace: float = DEFAULT_TIMEOUT_GRACE,
         sqlite_synchronous: str | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         if lease_ttl <= 0 or run_timeout <= 0 or max_concurrent_runs < 1 or timeout_grace < 0:
             raise errors.ConfigurationError(
@@ -297,6 +309,11 @@ class Runtime:
         self._default_sleep = sleep is None
         self.async_sleep = async_sleep or asyncio.sleep
         self.timeout_grace = timeout_grace
+        self.state_dir = Path(
+            state_dir or os.environ.get("AGENT_RUNTIME_STATE_DIR") or DEFAULT_STATE_DIR
+        )
+        self._sandbox = sandbox
+        self._owns_sandbox = sandbox is None
         self.identity = current_identity()
         self.owner = str(self.identity)
         self.max_concurrent_runs = max_concurrent_runs
@@ -330,6 +347,29 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- sandbox -----------------------------------------------------------------------------
+
+    @property
+    def sandbox(self) -> Sandbox:
+        """The sandbox backend of ``ctx.sandbox`` (a :class:`DockerSandbox` by default).
+
+        Raises:
+            DockerUnavailableError: No Docker engine answers; start one, set ``DOCKER_HOST``,
+                or pass ``Runtime(sandbox=ProcessSandbox())`` to accept weaker isolation.
+        """
+        with self._lock:
+            if self._sandbox is None:
+                from agent_runtime.sandbox import DockerSandbox
+
+                self._sandbox = DockerSandbox(state_dir=self.state_dir)
+            return self._sandbox
+
+    def auto_rollback(self) -> bool:
+        """Whether a failed run's workspace is restored (flag ``workspace_auto_rollback``)."""
+        from agent_runtime import flags
+
+        return bool(flags.current().workspace_auto_rollback)
 
     # -- registration ----------------------------------------------------------------------
 
@@ -726,6 +766,17 @@ class Runtime:
             "inputs": current.inputs,
         }
         reason = f"{type(exc).__name__}: {message[:300]}"
+        if exe.ctx is not None and not exe.abandoned:
+            try:
+                exe.ctx._run_failed()
+            except Exception:
+                _log.exception(
+                    "run %s: rolling back its workspace failed; roll it back by hand with "
+                    "`agent-runtime rollback %s`",
+                    row.id,
+                    row.id,
+                    extra={"run_id": row.id},
+                )
         transition = self.store.transition(
             row.id,
             RunStatus.FAILED,
@@ -1066,6 +1117,9 @@ class Runtime:
         if self._maintenance is not None:
             self._maintenance.join(timeout=5)
         _live_runtimes.discard(self)
+        if self._sandbox is not None and self._owns_sandbox:
+            with contextlib.suppress(Exception):
+                self._sandbox.close()
         self.store.close()
 
 

@@ -228,7 +228,7 @@ def configure(
     service_name: str | None = None,
     *,
     config: ObservabilityConfig | None = None,
-    stream: IO[str] | None = None,
+    stream: IO[str] | str | None = None,
     sinks: Sequence[Sink] | None = None,
     environ: Mapping[str, str] | None = None,
     **overrides: object,
@@ -240,7 +240,8 @@ def configure(
     Args:
         service_name: Overrides ``OTEL_SERVICE_NAME``.
         config: The full configuration (default: from the environment, then ``overrides``).
-        stream: A stream to write lines to instead of ``config.stream``.
+        stream: A stream to write lines to, or ``"stderr"``/``"stdout"``/``"none"`` (the
+            ``stream`` setting).
         sinks: Sinks to use instead of those the configuration describes.
         environ: Environment to read (default ``os.environ``).
         **overrides: Fields of :class:`ObservabilityConfig` to override (``level="DEBUG"``,
@@ -263,6 +264,9 @@ def configure(
     if unknown:
         raise ValueError(f"unknown observability setting(s): {', '.join(sorted(unknown))}")
     values.update(overrides)
+    if isinstance(stream, str):
+        values["stream"] = stream
+        stream = None
     cfg = ObservabilityConfig(**values)
     with _lock:
         if _current is not None:

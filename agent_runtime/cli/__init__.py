@@ -15,6 +15,8 @@ import typer
 from agent_runtime.cli._common import State, console, errors_as_messages
 from agent_runtime.cli.logs import logs_app
 from agent_runtime.cli.runs import dlq_app, runs_app
+from agent_runtime.cli.workspace import diff, rollback
+from agent_runtime.sandbox.cli import app as sandbox_app
 
 __all__ = ["app", "main"]
 
@@ -26,6 +28,9 @@ app = typer.Typer(
 app.add_typer(runs_app, name="runs")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(logs_app, name="logs")
+app.add_typer(sandbox_app, name="sandbox")
+app.command()(rollback)
+app.command()(diff)
 
 
 @app.callback()

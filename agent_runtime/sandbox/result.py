@@ -8,8 +8,10 @@ itself being unable to run anything.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 __all__ = ["DiskLimitMechanism", "SandboxResult", "TerminationReason"]
 
@@ -95,3 +97,23 @@ class SandboxResult:
     def ok(self) -> bool:
         """Whether the command exited by itself with exit code 0."""
         return self.reason is TerminationReason.EXITED and self.exit_code == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the result as JSON-ready data (how a run's checkpoint records it)."""
+        data = dataclasses.asdict(self)
+        data["reason"] = self.reason.value
+        data["disk_limit_mechanism"] = self.disk_limit_mechanism.value
+        data["lines"] = [list(pair) for pair in self.lines]
+        data["egress_blocked"] = list(self.egress_blocked)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SandboxResult:
+        """Rebuild a result from :meth:`to_dict` data (a replayed checkpoint)."""
+        values = dict(data)
+        values["reason"] = TerminationReason(values["reason"])
+        values["disk_limit_mechanism"] = DiskLimitMechanism(values["disk_limit_mechanism"])
+        values["lines"] = tuple((str(a), str(b)) for a, b in values.get("lines", ()))
+        values["egress_blocked"] = tuple(values.get("egress_blocked", ()))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
