@@ -219,7 +219,7 @@ def test_resume_undoes_the_in_flight_steps_files(
 def test_dead_docker_engine_fails_the_run_clearly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With no engine at DOCKER_HOST the run fails with DockerUnavailableError, saying what to do."""
+    """With no engine at DOCKER_HOST the run fails with DockerUnavailableError and what to do."""
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
     rt = Runtime(f"sqlite:///{tmp_path}/state.db", recover=False, state_dir=tmp_path / "s")
 
