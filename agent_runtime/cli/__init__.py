@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from agent_runtime.cli._common import State, console, errors_as_messages
+from agent_runtime.cli.doctor import doctor
 from agent_runtime.cli.logs import logs_app
 from agent_runtime.cli.runs import dlq_app, runs_app
 from agent_runtime.cli.workspace import diff, rollback
@@ -31,6 +32,7 @@ app.add_typer(logs_app, name="logs")
 app.add_typer(sandbox_app, name="sandbox")
 app.command()(rollback)
 app.command()(diff)
+app.command()(doctor)
 
 
 @app.callback()
