@@ -354,15 +354,21 @@ class Runtime:
     def sandbox(self) -> Sandbox:
         """The sandbox backend of ``ctx.sandbox`` (a :class:`DockerSandbox` by default).
 
+        The default sandbox keeps ``sandbox_warm_pool_size`` containers of the default spec
+        warm when the ``sandbox_warm_pool`` flag is on.
+
         Raises:
             DockerUnavailableError: No Docker engine answers; start one, set ``DOCKER_HOST``,
                 or pass ``Runtime(sandbox=ProcessSandbox())`` to accept weaker isolation.
         """
         with self._lock:
             if self._sandbox is None:
+                from agent_runtime import flags
                 from agent_runtime.sandbox import DockerSandbox
 
-                self._sandbox = DockerSandbox(state_dir=self.state_dir)
+                current = flags.current()
+                warm = current.sandbox_warm_pool_size if current.sandbox_warm_pool else 0
+                self._sandbox = DockerSandbox(state_dir=self.state_dir, warm=warm)
             return self._sandbox
 
     def auto_rollback(self) -> bool:

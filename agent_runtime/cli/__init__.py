@@ -71,7 +71,10 @@ def worker(
     poll_interval: Annotated[float, typer.Option(help="Seconds between polls when idle.")] = 1.0,
 ) -> None:
     """Claim and execute enqueued runs, and recover orphans, until interrupted."""
+    import observability
+
     state: State = ctx.obj
+    observability.configure()
     state.import_apps()
     with errors_as_messages():
         rt = state.runtime(recover=True)
@@ -82,6 +85,7 @@ def worker(
             pass
         finally:
             rt.close()
+            observability.shutdown()
 
 
 @app.command()
