@@ -10,8 +10,23 @@ Scenes (each checks what it shows and the demo exits 1 if anything is off):
 3. **Crash and resume**: a 6-step ingest run in a child process is killed with SIGKILL mid-way;
    the runtime sees the owner is dead, recovers the run and finishes it; committed steps never run
    again.
+4. **One trace id end to end** (:mod:`.demo_trace`): a run started over the runtime's HTTP API
+   calls a local HTTP server through httpx and runs a sandbox command; the same trace id is in
+   the request, the run, the server's ``traceparent``, the sandbox's ``$TRACEPARENT``, the run's
+   log records and a ``/metrics`` exemplar.
+5. **Untrusted code in the sandbox** (:mod:`.demo_sandbox`): a file written, egress refused by
+   the allowlist, a memory bomb ``oom``, a busy loop ``timeout``, a disk fill ``disk_limit``, and
+   a failed run's workspace rolled back.
+6. **Resilience** (:mod:`.demo_resilience`): a circuit breaker opening, a fallback model serving,
+   the breaker half-opening and closing; a limiter refusing; a guardrail stopping a tool loop;
+   feature flags reloaded.
+7. **Log shipping in an outage** (:mod:`.demo_logs`): records spooled while the log endpoint is
+   down, delivered in order when it is back, and no logging call ever blocked.
 
-The workflows are module-level so that any process (the child, ``runs resume``) can import them.
+The demo configures observability itself (JSON records into the embedded log search in the state
+directory's ``logs.db``, no console stream so the narrative stays readable, tracing on) and
+shuts it down at the end. The workflows are module-level so that any process (the child,
+``runs resume``) can import them.
 """
 
 from __future__ import annotations
@@ -22,11 +37,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
+from agent_runtime.cli.demo_common import Checks, say
 from agent_runtime.context import RunContext
 from agent_runtime.errors import RunFailedError
 from agent_runtime.resilience.policy import RetryPolicy
@@ -136,73 +154,52 @@ def _child_main(db: str, run_id: str) -> None:  # pragma: no cover - runs in the
 # -- the narrative -----------------------------------------------------------------------------
 
 
-class _Checks:
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.failed: list[str] = []
-
-    def check(self, ok: bool, what: str) -> None:
-        mark = "[green]✓[/]" if ok else "[red]✗[/]"
-        self.console.print(f"  {mark} {what}")
-        if not ok:
-            self.failed.append(what)
-
-
-def run_demo(db: str | None, console: Console, *, workdir: Path | None = None) -> int:
-    """Run every scene against the database ``db``; return the exit code (0 = all as shown)."""
-    workdir = workdir or Path(".agent_runtime") / "demo"
-    workdir.mkdir(parents=True, exist_ok=True)
-    _calls.clear()
-    _gateway_fixed["value"] = False
-    rt = Runtime(db, recover=False)
-    wfs = _register(rt)
-    checks = _Checks(console)
-    console.print(f"[bold]agent-runtime demo[/]  state database: {rt.store.url}")
-
-    # 1 -----------------------------------------------------------------------------------
-    console.rule("1. a flaky model call is retried")
+def _scene_retries(console: Console, checks: Checks, rt: Runtime, wfs: dict[str, Any]) -> None:
     handle = rt.start(wfs["triage"], "T-1042")
     result = handle.result(timeout=30)
     events = rt.store.events(handle.id)
     moves = [f"{e.from_status or '(new)'}→{e.to_status}" for e in events if e.kind == "transition"]
-    console.print(f"  run {handle.id}  trace {handle.trace_id}")
-    console.print(f"  transitions: {' '.join(moves)}")
-    console.print(f"  result: {result}")
+    say(console, f"run {handle.id}  trace {handle.trace_id}")
+    say(console, f"transitions: {' '.join(moves)}")
+    say(console, f"result: {result}")
     checks.check(result["queue"] == "engineering", "the ticket was routed to engineering")
     checks.check(
         moves.count("running→retrying") == 2, "two failed attempts put the run in retrying"
     )
     checks.check(handle.status.value == "success", "the run ended success")
 
-    # 2 -----------------------------------------------------------------------------------
-    console.rule("2. a run that fails for good lands in the dead-letter queue")
+
+def _scene_dlq(console: Console, checks: Checks, rt: Runtime, wfs: dict[str, Any]) -> None:
     handle = rt.start(wfs["order"], "O-77", "SKU-9", 2, 49.9)
     try:
         handle.result(timeout=30)
         checks.check(False, "the order run failed")
     except RunFailedError as exc:
-        console.print(f"  run {handle.id} failed: {exc.error_type}")
+        say(console, f"run {handle.id} failed: {exc.error_type}")
     entry = rt.dlq.get(handle.id)
-    console.print(
-        f"  dead letter {entry.id}: {entry.error_type}; {len(entry.attempts)} attempts; last good "
-        f"checkpoint #{entry.last_checkpoint_position} {entry.last_checkpoint_step}"
+    say(
+        console,
+        f"dead letter {entry.id}: {entry.error_type}; {len(entry.attempts)} attempts; last good "
+        f"checkpoint #{entry.last_checkpoint_position} {entry.last_checkpoint_step}",
     )
     for a in entry.attempts:
-        console.print(f"    attempt {a['attempt']}: {a['error_type']}: {a['message']}")
+        say(console, f"  attempt {a['attempt']}: {a['error_type']}: {a['message']}")
     checks.check(entry.status == "open", "the entry is open in `agent-runtime dlq list`")
     checks.check(len(entry.attempts) >= 2, "every attempt is recorded with its error")
-    console.print("  the operator fixes the gateway configuration and retries the entry…")
+    say(console, "the operator fixes the gateway configuration and retries the entry…")
     _gateway_fixed["value"] = True
     retried = rt.dlq.retry(entry.id)
     result = retried.result(timeout=30)
-    console.print(f"  result: {result}")
+    say(console, f"result: {result}")
     checks.check(retried.status.value == "success", "the retried run ended success")
     checks.check(
         _calls["reserve_stock"] == 1, "stock was reserved once: the retry resumed after it"
     )
 
-    # 3 -----------------------------------------------------------------------------------
-    console.rule("3. a process is killed mid-run; the run resumes")
+
+def _scene_crash(
+    console: Console, checks: Checks, rt: Runtime, wfs: dict[str, Any], workdir: Path
+) -> None:
     journal = workdir / f"ingest-{int(time.time() * 1000)}.log"
     journal.write_text("", encoding="utf-8")
     queued = rt.enqueue(wfs["ingest"], 6, str(journal))
@@ -219,9 +216,10 @@ def run_demo(db: str | None, console: Console, *, workdir: Path | None = None) -
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     done_before = len(rt.store.load_steps(queued.id))
-    console.print(
-        f"  child {child.pid} killed with SIGKILL after {done_before} committed step(s); run is "
-        f"{rt.store.get_run(queued.id).status}"
+    say(
+        console,
+        f"child {child.pid} killed with SIGKILL after {done_before} committed step(s); run is "
+        f"{rt.store.get_run(queued.id).status}",
     )
     recovered = rt.recover()
     checks.check(
@@ -231,7 +229,7 @@ def run_demo(db: str | None, console: Console, *, workdir: Path | None = None) -
     lines = journal.read_text(encoding="utf-8").split()
     done = Counter(int(lines[i + 1]) for i in range(0, len(lines), 3) if lines[i] == "done")
     pids = {lines[i + 2] for i in range(0, len(lines), 3)}
-    console.print(f"  result: {total} (steps ran in processes {', '.join(sorted(pids))})")
+    say(console, f"result: {total} (steps ran in processes {', '.join(sorted(pids))})")
     checks.check(total == sum(i * i for i in range(6)), "the run finished with the right result")
     checks.check(
         all(done[i] == 1 for i in range(done_before)),
@@ -239,13 +237,133 @@ def run_demo(db: str | None, console: Console, *, workdir: Path | None = None) -
     )
     checks.check(all(done[i] >= 1 for i in range(6)), "every step completed")
 
-    rt.close()
-    console.rule()
-    if checks.failed:
-        console.print(f"[red]demo: {len(checks.failed)} check(s) failed[/]")
+
+def _state_dir(state_dir: Path | str | None) -> Path:
+    from agent_runtime.workspace.config import DEFAULT_STATE_DIR
+
+    return Path(state_dir or os.environ.get("AGENT_RUNTIME_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def run_demo(
+    db: str | None,
+    console: Console,
+    *,
+    state_dir: Path | str | None = None,
+    workdir: Path | None = None,
+) -> int:
+    """Run every scene; return the exit code (0 = everything behaved as shown).
+
+    Args:
+        db: The state database URL (None: ``AGENT_RUNTIME_DB`` or the embedded default).
+        console: Where the narrative goes.
+        state_dir: The runtime's state directory: workspaces, blobs, sandbox disks and the
+            log store ``logs.db`` (default ``AGENT_RUNTIME_STATE_DIR``, else ``.agent_runtime``).
+        workdir: Scratch files of the demo (default ``<state_dir>/demo``).
+
+    Returns:
+        0 when every check passed, 1 otherwise.
+    """
+    import observability
+    from agent_runtime.cli import demo_logs, demo_resilience, demo_sandbox, demo_trace
+
+    started = time.monotonic()
+    state = _state_dir(state_dir)
+    workdir = workdir or state / "demo"
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_db = os.environ.get("AGENT_RUNTIME_LOG_DB") or str(state / "logs.db")
+    _calls.clear()
+    _gateway_fixed["value"] = False
+    checks = Checks(console)
+    # Records go to the embedded search store (and to Loki/Elasticsearch when the environment
+    # names them); no console stream: the narrative is the demo's output.
+    try:
+        obs = observability.configure(
+            environ={**os.environ, "AGENT_RUNTIME_LOG_DB": log_db},
+            stream="none",
+            level="INFO",
+            local_search=True,
+            tracing=True,
+        )
+    except (ValueError, OSError) as exc:
+        console.print(f"[red]error:[/] cannot set up logging for the demo: {escape(str(exc))}")
         return 1
-    console.print("[green]demo: everything behaved as described[/]")
-    console.print("next: `agent-runtime runs list`, `agent-runtime dlq list --all`")
+    console.print("[bold]agent-runtime demo[/]")
+    choice: demo_sandbox.SandboxChoice | None = None
+    rt: Runtime | None = None
+    trace_id = refactor_id = ""
+    try:
+        choice = demo_sandbox.prepare_sandbox(console, state)
+        rt = Runtime(db, recover=False, state_dir=state, sandbox=choice.backend)
+        say(console, f"state database {rt.store.url}; state directory {state}; logs {log_db}")
+        wfs = _register(rt)
+        wfs["trace"] = demo_trace.register(rt)
+        wfs.update(demo_sandbox.register(rt))
+        wfs.update(demo_resilience.register(rt))
+        runtime, sandbox = rt, choice
+        scenes: list[tuple[str, Callable[[], Any]]] = [
+            (
+                "1. a flaky model call is retried",
+                lambda: _scene_retries(console, checks, runtime, wfs),
+            ),
+            (
+                "2. a run that fails for good lands in the dead-letter queue",
+                lambda: _scene_dlq(console, checks, runtime, wfs),
+            ),
+            (
+                "3. a process is killed mid-run; the run resumes",
+                lambda: _scene_crash(console, checks, runtime, wfs, workdir),
+            ),
+            (
+                "4. one trace id from the HTTP request to the sandbox's stdout",
+                lambda: demo_trace.scene_trace(console, checks, runtime, obs, log_db, sandbox.name),
+            ),
+            (
+                "5. untrusted code runs in the sandbox; a failed run is rolled back",
+                lambda: demo_sandbox.scene_sandbox(console, checks, runtime, wfs, sandbox),
+            ),
+            (
+                "6. breaker, fallback, limiter, guardrail, flags",
+                lambda: demo_resilience.scene_resilience(console, checks, runtime, wfs, workdir),
+            ),
+            (
+                "7. logs survive a log-server outage",
+                lambda: demo_logs.scene_logs(console, checks, workdir, obs.config.service_name),
+            ),
+        ]
+        for title, scene in scenes:
+            console.rule(title)
+            try:
+                outcome = scene()
+            except Exception as exc:
+                checks.check(False, f"the scene ran to its end ({type(exc).__name__}: {exc})")
+                continue
+            if isinstance(outcome, dict):
+                trace_id = outcome.get("trace_id", trace_id)
+                refactor_id = outcome.get("refactor_run", refactor_id)
+    finally:
+        if rt is not None:
+            rt.close()
+        if choice is not None:
+            choice.close()
+        observability.shutdown()
+    console.rule()
+    elapsed = time.monotonic() - started
+    if checks.skipped:
+        console.print(
+            f"[yellow]{len(checks.skipped)} check(s) skipped: they need a Docker engine "
+            "(see above)[/]"
+        )
+    if checks.failed:
+        console.print(f"[red]demo: {len(checks.failed)} check(s) failed[/] ({elapsed:.0f} s)")
+        return 1
+    console.print(f"[green]demo: everything behaved as described[/] ({elapsed:.0f} s)")
+    console.print(
+        "next: `agent-runtime runs list`, `agent-runtime dlq list --all`", highlight=False
+    )
+    if trace_id:
+        console.print(f"      `agent-runtime logs search --trace-id {trace_id}`", highlight=False)
+    if refactor_id:
+        console.print(f"      `agent-runtime diff {refactor_id}`", highlight=False)
     return 0
 
 
