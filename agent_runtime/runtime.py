@@ -322,6 +322,7 @@ class Runtime:
         self._futures: dict[str, concurrent.futures.Future[Any]] = {}
         self._lock = threading.RLock()
         self._wake = threading.Event()
+        self._recover_now = threading.Event()
         self._stopping = threading.Event()
         self._maintenance: threading.Thread | None = None
         self._recovery_warned: set[str] = set()
@@ -427,7 +428,8 @@ class Runtime:
                     wf_name,
                 )
             hooks.emit(WorkflowRegistered(wf_name))
-            self._wake.set()  # a new workflow may make orphaned runs recoverable
+            self._recover_now.set()  # a new workflow may make orphaned runs recoverable
+            self._wake.set()
             return wf
 
         return decorate
@@ -1049,8 +1051,8 @@ class Runtime:
                 if now >= next_heartbeat:
                     self.store.renew_leases(self.owner, self.clock() + self.lease_ttl)
                     next_heartbeat = now + heartbeat
-                if self._recover_enabled and (now >= next_recovery or self._wake.is_set()):
-                    self._wake.clear()
+                if self._recover_enabled and (now >= next_recovery or self._recover_now.is_set()):
+                    self._recover_now.clear()
                     self.recover()
                     next_recovery = time.monotonic() + recovery_every
             except Exception:
@@ -1060,6 +1062,7 @@ class Runtime:
                 deadlines = [e.deadline for e in self._executions.values() if not e.finalized]
             wake_at = min([next_heartbeat, next_recovery, *deadlines]) - time.monotonic()
             self._wake.wait(max(0.05, min(wake_at, 0.5)))
+            self._wake.clear()  # always: a wake that nothing consumes must not spin this loop
 
     def _enforce_deadlines(self, now: float) -> None:
         with self._lock:

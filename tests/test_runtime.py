@@ -724,3 +724,19 @@ def test_events_describe_the_run(rt: Runtime, recorder: Recorder) -> None:
     assert moves == [(None, "pending"), ("pending", "running"), ("running", "success")]
     finished = [e for e in recorder.of(StepFinished) if e.run_id == handle.id]
     assert [(e.position, e.outcome) for e in finished] == [(0, "success")]
+
+
+def test_idle_maintenance_thread_sleeps(sqlite_url: str) -> None:
+    """With recovery off, registering a workflow does not leave the maintenance loop spinning."""
+    rt = Runtime(sqlite_url, recover=False)
+
+    @rt.workflow(_name())
+    def wf(ctx: RunContext) -> int:
+        return 1
+
+    assert rt.run(wf) == 1  # starts the maintenance thread
+    deadline = time.monotonic() + 5
+    while rt._wake.is_set() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not rt._wake.is_set()  # consumed: the loop waits on it again
+    rt.close()
