@@ -18,6 +18,7 @@ import contextlib
 import logging
 import math
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +101,7 @@ class ObservabilityHook:
                 },
             )
         if isinstance(scope, ev.LimiterWaitScope):
-            return self._span(f"limiter wait {scope.limiter}", {"limiter": scope.limiter})
+            return self._limiter_wait(scope)
         return contextlib.nullcontext()
 
     @contextlib.contextmanager
@@ -143,6 +144,17 @@ class ObservabilityHook:
             bind(step=scope.step),
         ):
             yield
+
+    @contextlib.contextmanager
+    def _limiter_wait(self, scope: ev.LimiterWaitScope) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            with self._span(f"limiter wait {scope.limiter}", {"limiter": scope.limiter}):
+                yield
+        finally:
+            m.LIMITER_WAIT_SECONDS.labels(scope.limiter).observe(
+                time.perf_counter() - started, exemplar=_exemplar()
+            )
 
     @contextlib.contextmanager
     def _span(self, name: str, attributes: dict[str, Any]) -> Iterator[None]:

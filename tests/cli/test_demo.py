@@ -37,16 +37,6 @@ from stack_tools import (
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-# The histogram a dashboard reads for limiter queue waits is never observed: the observability
-# hook opens a span for LimiterWaitScope but does not time it into LIMITER_WAIT_SECONDS.
-KNOWN_UNEXPORTED = {
-    "agent_runtime_limiter_wait_seconds_bucket": (
-        "agent_runtime/instrumentation.py never observes LIMITER_WAIT_SECONDS "
-        "(LimiterWaitScope only opens a span)"
-    ),
-}
-
-
 def _used_metrics() -> dict[str, set[str]]:
     """Every metric name the dashboards and the rules read, with where it is read."""
     used: dict[str, set[str]] = defaultdict(set)
@@ -132,15 +122,7 @@ def test_dashboards_and_rules_read_catalogue_metrics() -> None:
     assert set(USED) <= set(series), sorted(set(USED) - set(series))
 
 
-@pytest.mark.parametrize(
-    "metric",
-    [
-        pytest.param(m, marks=pytest.mark.xfail(reason=KNOWN_UNEXPORTED[m], strict=True))
-        if m in KNOWN_UNEXPORTED
-        else m
-        for m in sorted(USED)
-    ],
-)
+@pytest.mark.parametrize("metric", sorted(USED))
 def test_metric_is_exported_after_the_demo(demo_run: DemoRun, metric: str) -> None:
     """A metric a dashboard or an alert rule reads has a sample after the demo workload."""
     where = ", ".join(sorted(USED[metric]))
