@@ -198,6 +198,10 @@ class ProcessSandbox:
                     creator=self._identity,
                 )
                 work = disk.mount
+                # The command runs as ``uid`` and must reach its workspace by absolute path
+                # (``python3 /…/mnt/script.py``): let it traverse, not list, the parents.
+                for parent in (disk.root.parent, disk.root):
+                    os.chmod(parent, 0o711)
             else:
                 work = scratch / "workspace"
                 work.mkdir(mode=0o700)
