@@ -32,6 +32,7 @@ import inspect
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,6 +42,7 @@ from agent_runtime.events import (
     AttemptScope,
     CheckpointWritten,
     RetryScheduled,
+    Scope,
     StepFinished,
     StepScope,
     hooks,
@@ -63,6 +65,7 @@ if TYPE_CHECKING:
 __all__ = ["RunContext", "step_name"]
 
 _log = logging.getLogger("agent_runtime.step")
+_NULL_SCOPE = contextlib.nullcontext()
 T = TypeVar("T")
 
 # Exceptions that mean "this execution must stop", never "this attempt failed".
@@ -79,11 +82,22 @@ def step_name(fn: Callable[..., Any]) -> str:
     return name.replace("<locals>.", "") if name else repr(fn)
 
 
+_ASYNC_CACHE: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
 def _is_async_callable(fn: Callable[..., Any]) -> bool:
+    # Cached per function (weakly): inspect costs microseconds and this is on every step.
+    try:
+        return _ASYNC_CACHE[fn]
+    except (KeyError, TypeError):
+        pass
     target = fn.func if isinstance(fn, functools.partial) else fn
-    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+    result = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
         getattr(target, "__call__", None)  # noqa: B004 - async callable objects
     )
+    with contextlib.suppress(TypeError):  # not weak-referenceable: just not cached
+        _ASYNC_CACHE[fn] = result
+    return result
 
 
 @dataclass
@@ -523,6 +537,11 @@ class RunContext:
             timeout=call.timeout or 0.0,
         )
 
+    @staticmethod
+    def _scope(kind: type[Scope], *fields: Any) -> contextlib.AbstractContextManager[Any]:
+        """The hooks' scope, without building the scope object when nobody listens."""
+        return hooks.scope(kind(*fields)) if hooks.active else _NULL_SCOPE
+
     # -- sync driver ---------------------------------------------------------------------
 
     def _step_sync(self, call: _StepCall) -> Any:
@@ -532,11 +551,11 @@ class RunContext:
             return value
         started = time.perf_counter()
         started_wall = self._runtime.clock()
-        with hooks.scope(StepScope(call.name, call.position, self.run_id, self.workflow)):
+        with self._scope(StepScope, call.name, call.position, self.run_id, self.workflow):
             while True:
                 attempt = len(self._exe.history.get(call.position, ())) + 1
                 try:
-                    with hooks.scope(AttemptScope(call.name, attempt, self.run_id)):
+                    with self._scope(AttemptScope, call.name, attempt, self.run_id):
                         value = self._call_sync(call, attempt)
                 except _STOP:
                     raise
@@ -645,11 +664,11 @@ class RunContext:
             return value
         started = time.perf_counter()
         started_wall = self._runtime.clock()
-        with hooks.scope(StepScope(call.name, call.position, self.run_id, self.workflow)):
+        with self._scope(StepScope, call.name, call.position, self.run_id, self.workflow):
             while True:
                 attempt = len(self._exe.history.get(call.position, ())) + 1
                 try:
-                    with hooks.scope(AttemptScope(call.name, attempt, self.run_id)):
+                    with self._scope(AttemptScope, call.name, attempt, self.run_id):
                         value = await self._call_async(call, attempt)
                 except _STOP:
                     raise
