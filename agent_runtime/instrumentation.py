@@ -22,13 +22,14 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from agent_runtime import events as ev
 from agent_runtime.events import hooks
 from observability import metrics as m
-from observability.records import bind
+from observability.records import bind, pop_fields, push_fields
 from observability.tracing import span_in_trace, tracer
 
 if TYPE_CHECKING:
@@ -62,6 +63,15 @@ class ObservabilityHook:
 
     def __init__(self) -> None:
         self._dlq_source: Any = None
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: every step updates these."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def use_dlq_source(self, runtime: Runtime) -> None:
         """Read the DLQ depth gauge from ``runtime``'s database at scrape time."""
@@ -87,9 +97,10 @@ class ObservabilityHook:
         if isinstance(scope, ev.StepScope):
             return self._step_scope(scope)
         if isinstance(scope, ev.AttemptScope):
-            return self._span(
+            return _SpanScope(
                 f"attempt {scope.step} #{scope.attempt}",
                 {"step.name": scope.step, "attempt": scope.attempt},
+                None,
             )
         if isinstance(scope, ev.SandboxScope):
             return self._span(
@@ -130,20 +141,16 @@ class ObservabilityHook:
         finally:
             gauge.dec()
 
-    @contextlib.contextmanager
-    def _step_scope(self, scope: ev.StepScope) -> Iterator[None]:
-        with (
-            tracer().start_as_current_span(
-                f"step {scope.step}",
-                attributes={
-                    "step.name": scope.step,
-                    "step.position": scope.position,
-                    "run.id": scope.run_id or "",
-                },
-            ),
-            bind(step=scope.step),
-        ):
-            yield
+    def _step_scope(self, scope: ev.StepScope) -> _SpanScope:
+        return _SpanScope(
+            f"step {scope.step}",
+            {
+                "step.name": scope.step,
+                "step.position": scope.position,
+                "run.id": scope.run_id or "",
+            },
+            {"step": scope.step},
+        )
 
     @contextlib.contextmanager
     def _limiter_wait(self, scope: ev.LimiterWaitScope) -> Iterator[None]:
@@ -185,9 +192,9 @@ class ObservabilityHook:
             m.RUNS_RECOVERED.labels(wf)
         elif isinstance(event, ev.StepFinished):
             wf = event.workflow or "-"
-            m.STEPS.labels(wf, event.outcome).inc()
+            self._child(m.STEPS, wf, event.outcome).inc()
             if event.outcome != "replayed":
-                m.STEP_DURATION_SECONDS.labels(wf, event.step).observe(
+                self._child(m.STEP_DURATION_SECONDS, wf, event.step).observe(
                     event.duration_s, exemplar=_exemplar()
                 )
             if event.outcome == "failed":
@@ -370,6 +377,37 @@ class ObservabilityHook:
                 event.files_restored,
                 extra={"run_id": event.run_id, "automatic": event.automatic},
             )
+
+
+class _SpanScope:
+    """A span made current (and log fields bound) for the duration of a ``with`` block.
+
+    A plain class rather than a generator-based context manager: step and attempt scopes run
+    on every step, and this keeps their cost to a few microseconds.
+    """
+
+    __slots__ = ("_attributes", "_context_token", "_fields", "_fields_token", "_name", "_span")
+
+    def __init__(
+        self, name: str, attributes: dict[str, Any], fields: dict[str, Any] | None
+    ) -> None:
+        self._name = name
+        self._attributes = attributes
+        self._fields = fields
+
+    def __enter__(self) -> None:
+        self._span = tracer().start_span(self._name, attributes=self._attributes)
+        self._context_token = otel_context.attach(trace.set_span_in_context(self._span))
+        self._fields_token = push_fields(**self._fields) if self._fields else None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if self._fields_token is not None:
+            pop_fields(self._fields_token)
+        otel_context.detach(self._context_token)
+        if exc is not None:
+            self._span.record_exception(exc)
+            self._span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        self._span.end()
 
 
 def _run_fields(run_id: str, workflow: str | None, trace_id: str | None) -> dict[str, Any]:

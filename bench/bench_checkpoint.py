@@ -18,6 +18,7 @@ Usage: ``python bench/bench_checkpoint.py [--steps 200] [--runs 5] [--pg URL]``
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import sqlite3
@@ -27,7 +28,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -35,7 +35,7 @@ DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:55432/agent_runtime_test"
 
 
 def _deltas(stamps: list[float]) -> list[float]:
-    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(stamps)]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -197,40 +197,30 @@ def _pg_reachable(url: str) -> str | None:
     return None
 
 
-def main() -> None:
-    """Run every system and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--pg", default=os.environ.get("AGENT_RUNTIME_TEST_PG_URL", DEFAULT_PG))
-    args = parser.parse_args()
-    logging.disable(logging.WARNING)
+SYSTEMS: dict[str, tuple[str, str]] = {
+    "ar-full": ("agent-runtime", "SQLite WAL, synchronous=FULL"),
+    "ar-normal": ("agent-runtime", "SQLite WAL, synchronous=NORMAL"),
+    "ar-hooks": ("agent-runtime + hooks", "SQLite WAL, NORMAL, observability on"),
+    "ar-pg": ("agent-runtime", "PostgreSQL 15, loopback"),
+    "lg-sync": ("LangGraph SqliteSaver", "SQLite WAL, durability=sync"),
+    "lg-async": ("LangGraph SqliteSaver", "SQLite WAL, durability=async (default)"),
+    "dbos": ("DBOS Transact", "SQLite system database (defaults)"),
+    "raw": ("raw sqlite3 INSERT", "SQLite WAL, FULL: the disk's fsync floor"),
+}
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-checkpoint-"))
-    setups: list[tuple[str, str, Callable[[], Runner]]] = [
-        (
-            "agent-runtime",
-            "SQLite WAL, synchronous=FULL",
-            lambda: agent_runtime(f"sqlite:///{tmp}/full.db", args.steps, False, "full"),
-        ),
-        (
-            "agent-runtime",
-            "SQLite WAL, synchronous=NORMAL",
-            lambda: agent_runtime(f"sqlite:///{tmp}/normal.db", args.steps, False, "normal"),
-        ),
-        (
-            "agent-runtime + hooks",
-            "SQLite WAL, NORMAL, observability on",
-            lambda: agent_runtime(f"sqlite:///{tmp}/obs.db", args.steps, True, "normal"),
-        ),
-    ]
-    problem = _pg_reachable(args.pg)
-    cleanup: list[Callable[[], None]] = []
-    if problem is None:
+
+def _runner(system: str, tmp: Path, steps: int, pg: str) -> tuple[Runner, Callable[[], None]]:
+    if system == "ar-full":
+        return agent_runtime(f"sqlite:///{tmp}/ar.db", steps, False, "full"), lambda: None
+    if system == "ar-normal":
+        return agent_runtime(f"sqlite:///{tmp}/ar.db", steps, False, "normal"), lambda: None
+    if system == "ar-hooks":
+        return agent_runtime(f"sqlite:///{tmp}/ar.db", steps, True, "normal"), lambda: None
+    if system == "ar-pg":
         import sqlalchemy as sa
 
         schema = f"bench_{os.getpid()}"
-        admin = sa.create_engine(args.pg, isolation_level="AUTOCOMMIT")
+        admin = sa.create_engine(pg, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
 
@@ -239,69 +229,94 @@ def main() -> None:
                 conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
             admin.dispose()
 
-        cleanup.append(drop)
-        sep = "&" if "?" in args.pg else "?"
-        pg_url = f"{args.pg}{sep}options=-csearch_path%3D{schema}"
-        setups.append(
-            (
-                "agent-runtime",
-                "PostgreSQL 15, loopback",
-                lambda: agent_runtime(pg_url, args.steps, False),
-            )
-        )
-    setups += [
-        (
-            "LangGraph SqliteSaver",
-            "SQLite WAL, durability=sync",
-            lambda: langgraph(tmp / "lg-sync.db", args.steps, "sync"),
-        ),
-        (
-            "LangGraph SqliteSaver",
-            "SQLite WAL, durability=async (default)",
-            lambda: langgraph(tmp / "lg-async.db", args.steps, "async"),
-        ),
-        (
-            "DBOS Transact",
-            "SQLite system database (defaults)",
-            lambda: dbos(tmp / "dbos.db", args.steps),
-        ),
-        (
-            "raw sqlite3 INSERT",
-            "SQLite WAL, FULL: the disk's fsync floor",
-            lambda: raw_sqlite(tmp / "raw.db", args.steps),
-        ),
-    ]
-    runners = [(name, store, setup()) for name, store, setup in setups]
-    base_once, _ = plain(args.steps)
-    samples: dict[int, list[float]] = {i: [] for i in range(len(runners))}
+        sep = "&" if "?" in pg else "?"
+        return agent_runtime(f"{pg}{sep}options=-csearch_path%3D{schema}", steps, False), drop
+    if system == "lg-sync":
+        return langgraph(tmp / "lg.db", steps, "sync"), lambda: None
+    if system == "lg-async":
+        return langgraph(tmp / "lg.db", steps, "async"), lambda: None
+    if system == "dbos":
+        return dbos(tmp / "dbos.db", steps), lambda: None
+    if system == "raw":
+        return raw_sqlite(tmp / "raw.db", steps), lambda: None
+    raise SystemExit(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")
+
+
+def child(system: str, steps: int, runs: int, pg: str) -> None:
+    """Measure one system in this (fresh) process and print its deltas as JSON."""
+    import json
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-checkpoint-{system}-"))
+    (once, close), cleanup = _runner(system, tmp, steps, pg)
+    base_once, _ = plain(steps)
+    out: dict[str, list[float]] = {"deltas": [], "baseline": []}
+    for _ in range(runs):
+        out["baseline"].extend(base_once())
+        out["deltas"].extend(once())
+    close()
+    cleanup()
+    sys.stdout.write(json.dumps(out) + "\n")
+
+
+def main() -> None:
+    """Run every system, each in its own process (no background threads of one system
+    competing with another's), in two passes of opposite order, and print the table."""
+    import json
+    import subprocess
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--pg", default=os.environ.get("AGENT_RUNTIME_TEST_PG_URL", DEFAULT_PG))
+    parser.add_argument("--system", help="measure only this system, print JSON (internal)")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    if args.system:
+        child(args.system, args.steps, args.runs, args.pg)
+        return
+    problem = _pg_reachable(args.pg)
+    systems = [s for s in SYSTEMS if s != "ar-pg" or problem is None]
+    samples: dict[str, list[float]] = {s: [] for s in systems}
     baseline: list[float] = []
-    # Interleave the systems run by run, so that disk and CPU noise falls on all of them alike.
-    for _ in range(args.runs):
-        baseline.extend(base_once())
-        for i, (_name, _store, (once, _close)) in enumerate(runners):
-            samples[i].extend(once())
-    for _name, _store, (_once, close) in runners:
-        close()
-    for fn in cleanup:
-        fn()
+    half = max(1, args.runs // 2)
+    for order in (systems, list(reversed(systems))):
+        for system in order:
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--system",
+                    system,
+                    "--steps",
+                    str(args.steps),
+                    "--runs",
+                    str(half),
+                    "--pg",
+                    args.pg,
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise SystemExit(f"{system} failed:\n{done.stderr[-3000:]}")
+            data = json.loads(done.stdout.strip().splitlines()[-1])
+            samples[system].extend(data["deltas"])
+            baseline.extend(data["baseline"])
     base_p50 = statistics.median(baseline)
-    rows: list[tuple[str, str, Any]] = [
-        (name, store, samples[i]) for i, (name, store, _r) in enumerate(runners)
-    ]
-    if problem is not None:
-        rows.insert(3, ("agent-runtime", f"PostgreSQL unreachable: {problem}", None))
-    ours = statistics.median(rows[0][2]) - base_p50
+    ours = statistics.median(samples["ar-full"]) - base_p50
     print(
-        f"\nPer-step checkpoint overhead: {args.steps} no-op steps x {args.runs} runs "
-        f"(plain call p50 {base_p50 * 1e6:.2f} µs subtracted)\n"
+        f"\nPer-step checkpoint overhead: {args.steps} no-op steps x {2 * half} runs per system, "
+        f"each system in its own process (plain call p50 {base_p50 * 1e6:.2f} µs subtracted)\n"
     )
     header = f"{'system':<24} {'store':<42} {'p50 ms':>8} {'p95 ms':>8} {'x ours':>7}"
     print(header)
     print("-" * len(header))
-    for name, store, deltas in rows:
-        if deltas is None:
-            print(f"{name:<24} {store:<42} {'-':>8} {'-':>8} {'-':>7}")
+    for system, (name, store) in SYSTEMS.items():
+        if system not in samples:
+            print(f"{name:<24} {'PostgreSQL unreachable: ' + str(problem):<42.42} {'-':>8}")
             continue
+        deltas = samples[system]
         p50 = statistics.median(deltas) - base_p50
         p95 = _pct(deltas, 0.95) - base_p50
         print(f"{name:<24} {store:<42} {p50 * 1e3:>8.3f} {p95 * 1e3:>8.3f} {p50 / ours:>7.2f}")

@@ -37,6 +37,8 @@ __all__ = [
     "format_timestamp",
     "is_shipper_thread",
     "mark_shipper_thread",
+    "pop_fields",
+    "push_fields",
 ]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -97,6 +99,20 @@ def bind(**fields: Any) -> Iterator[None]:
         yield
     finally:
         _context.reset(token)
+
+
+def push_fields(**fields: Any) -> contextvars.Token[Mapping[str, Any]]:
+    """Bind ``fields`` until :func:`pop_fields` (the class-free form of :func:`bind`).
+
+    For hot paths that manage their own scope objects; ``pop_fields`` must be called with the
+    token in the same context, in LIFO order.
+    """
+    return _context.set({**_context.get(), **fields})
+
+
+def pop_fields(token: contextvars.Token[Mapping[str, Any]]) -> None:
+    """Undo :func:`push_fields`."""
+    _context.reset(token)
 
 
 def bound_fields() -> Mapping[str, Any]:

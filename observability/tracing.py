@@ -144,9 +144,20 @@ def shutdown_tracing(timeout_s: float = 5.0) -> None:
         provider.force_flush(int(timeout_s * 1000))
 
 
+_tracer: trace.Tracer | None = None
+
+
 def tracer() -> trace.Tracer:
-    """Return agent-runtime's tracer (a no-op one until a provider is installed)."""
-    return trace.get_tracer(TRACER_NAME)
+    """Return agent-runtime's tracer.
+
+    Cached: ``trace.get_tracer`` reads the environment on every call while no provider is set.
+    Before a provider is installed this is OpenTelemetry's proxy tracer, which starts real spans
+    as soon as one is.
+    """
+    global _tracer
+    if _tracer is None:
+        _tracer = trace.get_tracer(TRACER_NAME)
+    return _tracer
 
 
 def _synthetic_span_id(trace_id: int) -> int:
