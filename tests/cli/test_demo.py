@@ -37,6 +37,7 @@ from stack_tools import (
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
+
 def _used_metrics() -> dict[str, set[str]]:
     """Every metric name the dashboards and the rules read, with where it is read."""
     used: dict[str, set[str]] = defaultdict(set)
