@@ -146,11 +146,17 @@ class Observability:
     """
 
     def __init__(
-        self, config: ObservabilityConfig, handler: StructuredHandler, sinks: Sequence[Sink]
+        self,
+        config: ObservabilityConfig,
+        handler: StructuredHandler,
+        sinks: Sequence[Sink],
+        *,
+        previous_levels: Mapping[str, int] | None = None,
     ) -> None:
         self.config = config
         self.handler = handler
         self.sinks = tuple(sinks)
+        self._previous_levels = dict(previous_levels or {})
         self._closed = False
 
     def health(self) -> list[SinkHealth]:
@@ -175,6 +181,8 @@ class Observability:
         self._closed = True
         root = _logging.getLogger()
         root.removeHandler(self.handler)
+        for name, level in self._previous_levels.items():  # undo what configure() changed
+            _logging.getLogger(name or None).setLevel(level)
         for sink in self.sinks:
             with contextlib.suppress(Exception):
                 sink.close(timeout)
@@ -286,6 +294,8 @@ def configure(
         for existing in list(root.handlers):
             if isinstance(existing, StructuredHandler):
                 root.removeHandler(existing)
+        previous = {"": root.level}
+        previous.update({name: _logging.getLogger(name).level for name in cfg.quiet_loggers})
         root.addHandler(handler)
         root.setLevel(cfg.level)
         for name in cfg.quiet_loggers:
@@ -294,7 +304,7 @@ def configure(
             from observability.tracing import configure_tracing
 
             configure_tracing(cfg.service_name, otlp_endpoint=cfg.otlp_endpoint)
-        _current = Observability(cfg, handler, built)
+        _current = Observability(cfg, handler, built, previous_levels=previous)
         return _current
 
 

@@ -174,3 +174,21 @@ def test_stream_none_writes_no_lines_but_sinks_receive() -> None:
     assert obs.handler.stream is None
     logging.getLogger("app").info("to the sink only")
     assert [e.message for e in sink.entries] == ["to the sink only"]
+
+
+def test_shutdown_restores_the_logging_levels_it_changed() -> None:
+    """configure() sets the root level and quiets HTTP client loggers; shutdown() undoes both."""
+    root = logging.getLogger()
+    urllib3 = logging.getLogger("urllib3")
+    root.setLevel(logging.ERROR)
+    urllib3.setLevel(logging.DEBUG)
+    try:
+        configure("svc", stream=io.StringIO(), sinks=[], level="DEBUG", tracing=False)
+        assert root.level == logging.DEBUG
+        assert urllib3.level == logging.WARNING
+        observability.shutdown()
+        assert root.level == logging.ERROR
+        assert urllib3.level == logging.DEBUG
+    finally:
+        root.setLevel(logging.WARNING)
+        urllib3.setLevel(logging.NOTSET)
