@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import inspect
 import logging
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent_runtime import errors
+from agent_runtime._threads import call_abandonable
 from agent_runtime.events import (
     AttemptScope,
     CheckpointWritten,
@@ -615,23 +615,10 @@ class RunContext:
         return self._call_in_thread(call, attempt, timeout)
 
     def _call_in_thread(self, call: _StepCall, attempt: int, timeout: float) -> Any:
-        box: dict[str, Any] = {}
-        done = threading.Event()
-        context = contextvars.copy_context()
-
-        def target() -> None:
-            try:
-                box["value"] = context.run(call.fn, *call.args, **call.kwargs)
-            except BaseException as exc:
-                box["error"] = exc
-            finally:
-                done.set()
-
-        thread = threading.Thread(
-            target=target, name=f"agent-runtime-step-{call.name}", daemon=True
+        finished, value, _thread = call_abandonable(
+            call.fn, call.args, call.kwargs, timeout=timeout, name=f"agent-runtime-step-{call.name}"
         )
-        thread.start()
-        if not done.wait(timeout):
+        if not finished:
             _log.warning(
                 "step %s of run %s attempt %d overran its %.3g s timeout and was abandoned; "
                 "its thread may still be running",
@@ -642,9 +629,7 @@ class RunContext:
                 extra={"run_id": self.run_id, "step": call.name, "attempt": attempt},
             )
             raise self._timeout_error(call, attempt)
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
+        return value
 
     def _sleep(self, delay: float) -> None:
         if delay <= 0:

@@ -42,12 +42,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import inspect
 import logging
 import random
-import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, cast
@@ -55,6 +53,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, cast
 from tenacity import AsyncRetrying, RetryCallState, Retrying
 
 from agent_runtime import errors
+from agent_runtime._threads import call_abandonable
 from agent_runtime.events import AttemptScope, RetryScheduled, hooks
 from agent_runtime.resilience.policy import AttemptRecord, RetryDecision, RetryPolicy
 
@@ -248,35 +247,20 @@ def _call_in_thread(
     ctl: _Controller, timeout: float, fn: Callable[..., T], args: Any, kwargs: Any
 ) -> T:
     """Run ``fn`` in a worker thread; abandon it after ``timeout`` seconds."""
-    done = threading.Event()
-    box: dict[str, Any] = {}
-    context = contextvars.copy_context()
-
-    def target() -> None:
-        try:
-            box["value"] = context.run(fn, *args, **kwargs)
-        except BaseException as exc:  # delivered to the caller below
-            box["error"] = exc
-        finally:
-            done.set()
-
-    worker = threading.Thread(
-        target=target, name=f"agent-runtime-attempt-{ctl.name}-{ctl.attempt}", daemon=True
+    finished, value, thread = call_abandonable(
+        fn, args, kwargs, timeout=timeout, name=f"agent-runtime-attempt-{ctl.name}-{ctl.attempt}"
     )
-    worker.start()
-    if not done.wait(timeout):
+    if not finished:
         _log.warning(
             "attempt %d of %r exceeded its %.3g s timeout and was abandoned; its thread %r "
             "may still be running (Python cannot stop a thread)",
             ctl.attempt,
             ctl.name,
             timeout,
-            worker.name,
+            thread,
         )
         raise _timeout_error(ctl, timeout, "abandoned (its thread may still be running)")
-    if "error" in box:
-        raise box["error"]
-    return cast(T, box["value"])
+    return cast(T, value)
 
 
 def _sync_attempt(

@@ -585,22 +585,7 @@ class Store:
             if attempts:
                 conn.execute(
                     sa.insert(_attempts),
-                    [
-                        {
-                            "run_id": run_id,
-                            "generation": generation,
-                            "position": position,
-                            "step": step,
-                            "attempt": rec.attempt,
-                            "at": rec.at,
-                            "error_type": rec.error_type,
-                            "message": rec.message,
-                            "fingerprint": rec.fingerprint,
-                            "error_class": rec.error_class,
-                            "delay": rec.delay,
-                        }
-                        for generation, position, step, rec in attempts
-                    ],
+                    _attempt_rows(run_id, attempts),
                 )
             dead_letter_id = None
             if dead_letter is not None:
@@ -620,22 +605,7 @@ class Store:
         with self._write() as conn:
             conn.execute(
                 sa.insert(_attempts),
-                [
-                    {
-                        "run_id": run_id,
-                        "generation": generation,
-                        "position": position,
-                        "step": step,
-                        "attempt": rec.attempt,
-                        "at": rec.at,
-                        "error_type": rec.error_type,
-                        "message": rec.message,
-                        "fingerprint": rec.fingerprint,
-                        "error_class": rec.error_class,
-                        "delay": rec.delay,
-                    }
-                    for generation, position, step, rec in attempts
-                ],
+                _attempt_rows(run_id, attempts),
             )
 
     def record_event(
@@ -943,6 +913,28 @@ class Store:
                 sa.select(sa.func.count()).select_from(_dead).where(_dead.c.status == "open")
             ).scalar_one()
         return int(value)
+
+
+def _attempt_rows(
+    run_id: str, attempts: Sequence[tuple[int, int, str, AttemptRecord]]
+) -> list[dict[str, Any]]:
+    """Rows of ``ar_attempts`` for ``(generation, position, step, record)`` tuples."""
+    return [
+        {
+            "run_id": run_id,
+            "generation": generation,
+            "position": position,
+            "step": step,
+            "attempt": rec.attempt,
+            "at": rec.at,
+            "error_type": rec.error_type,
+            "message": rec.message,
+            "fingerprint": rec.fingerprint,
+            "error_class": rec.error_class,
+            "delay": rec.delay,
+        }
+        for generation, position, step, rec in attempts
+    ]
 
 
 def _normalise_url(url: str) -> str:
