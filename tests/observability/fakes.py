@@ -14,6 +14,7 @@ stops when its standard input closes.
 
 from __future__ import annotations
 
+import abc
 import gzip
 import json
 import re
@@ -107,7 +108,7 @@ class _Server(ThreadingHTTPServer):
     fake: FakeServer
 
 
-class FakeServer:
+class FakeServer(abc.ABC):
     """A threaded HTTP server on 127.0.0.1 that can be stopped and restarted on its port.
 
     Args:
@@ -182,9 +183,9 @@ class FakeServer:
         """The reply for a scripted failure status."""
         return Reply(status, f"scripted failure {status}".encode())
 
+    @abc.abstractmethod
     def handle(self, request: Request) -> Reply:
-        """Answer a request that is not scripted to fail."""
-        raise NotImplementedError
+        """Answer a request that is not scripted to fail (each fake server implements it)."""
 
 
 # -- Loki ---------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ def test_all_is_sorted_and_complete() -> None:
 
 
 def test_the_names_the_runtime_builds_on_are_exported() -> None:
-    """The lead's integration relies on these names."""
+    """The runtime's integration (ctx.sandbox, the CLI) relies on these names."""
     expected = {
         "DockerSandbox",
         "ProcessSandbox",
