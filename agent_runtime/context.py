@@ -34,7 +34,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from agent_runtime import errors
 from agent_runtime._threads import call_abandonable
@@ -66,7 +66,6 @@ __all__ = ["RunContext", "step_name"]
 
 _log = logging.getLogger("agent_runtime.step")
 _NULL_SCOPE = contextlib.nullcontext()
-T = TypeVar("T")
 
 # Exceptions that mean "this execution must stop", never "this attempt failed".
 _STOP = (errors.StaleLeaseError, errors.RunTimeoutError, KeyboardInterrupt, SystemExit)
@@ -197,7 +196,6 @@ class RunContext:
         self.trace_id = execution.run.trace_id
         self.generation = execution.run.generation
         self.resumed = resumed
-        self._extensions: dict[str, Any] = {}
         self._workspace: Workspace | None = None
         self._sandbox: RunSandbox | None = None
         execution.ctx = self
@@ -258,13 +256,6 @@ class RunContext:
                 self._runtime, self.run_id, auto_rollback=self._runtime.auto_rollback()
             )
         workspace.on_run_failed()
-
-    def extension(self, name: str, factory: Callable[[], T]) -> T:
-        """Return the per-run object ``name``, creating it with ``factory`` on first use."""
-        if name not in self._extensions:
-            self._extensions[name] = factory()
-        value: T = self._extensions[name]
-        return value
 
     # -- the step API --------------------------------------------------------------------
 

@@ -163,10 +163,6 @@ class Observability:
         """Return the health of every sink (for ``/readyz``)."""
         return [sink.health() for sink in self.sinks]
 
-    def sink(self, name: str) -> Sink | None:
-        """Return the sink called ``name`` (``loki``, ``elasticsearch``, ``local``), if any."""
-        return next((s for s in self.sinks if s.name == name), None)
-
     def flush(self, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> bool:
         """Deliver what the sinks hold, waiting at most ``timeout`` seconds in all."""
         ok = True

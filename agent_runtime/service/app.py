@@ -466,9 +466,3 @@ def create_app(
     app.state.runtime = runtime
     app.state.limiter = limiter
     return _ObservedRequests(app, routes, cfg.max_body_bytes)
-
-
-def current_trace_id() -> str | None:
-    """The trace id of the current span, if any (handy in handlers and tests)."""
-    ctx = trace.get_current_span().get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else None
